@@ -1,0 +1,60 @@
+"""Score a generator during training: the same labels, noise and N for 1 and 2 NFE, decoded to pixels.
+
+Used by the Ray Train worker at each evaluation and by `afsweep eval`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from alphaflow.metrics import sample_metrics
+
+# sample_fn(noise, labels, nfe) -> latents in the normalised space
+SampleFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+# decode_fn(normalised latents) -> uint8 images (N, C, H, W)
+DecodeFn = Callable[[torch.Tensor], np.ndarray]
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]          # fid1, fid2, fid2_<sampler>, class_acc1, ...
+    images: dict[int, np.ndarray]      # nfe -> uint8 images, for the sample grid
+    labels: np.ndarray
+
+
+def eval_inputs(n: int, image_shape: tuple[int, ...], num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Balanced labels and fixed noise: every evaluation of every trial sees the same inputs."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    noise = torch.randn((n, *image_shape), generator=g)
+    return noise, labels
+
+
+def evaluate_generator(sample_fn: SampleFn, decode_fn: DecodeFn, image_shape: tuple[int, ...], num_classes: int,
+                       extractor, reference, n: int, seed: int = 1234, two_nfe_name: str = "ode",
+                       batch_size: int = 500) -> EvalResult:
+    noise, labels = eval_inputs(n, image_shape, num_classes, seed)
+    metrics: dict[str, float] = {}
+    images: dict[int, np.ndarray] = {}
+    for nfe in (1, 2):
+        chunks = []
+        with torch.no_grad():
+            for i in range(0, n, batch_size):
+                z = sample_fn(noise[i:i + batch_size], labels[i:i + batch_size], nfe)
+                chunks.append(decode_fn(z))
+        imgs = np.concatenate(chunks)
+        images[nfe] = imgs
+        m = sample_metrics(imgs, labels.numpy(), extractor, reference)
+        name = f"fid{nfe}"
+        metrics[name] = float(m["fid"])
+        if nfe == 2:
+            metrics[f"fid2_{two_nfe_name}"] = float(m["fid"])
+        for k, v in m.items():
+            if k not in ("fid", "n") and isinstance(v, (int, float)):
+                metrics[f"{k}{nfe}"] = float(v)
+    metrics["eval_n"] = float(n)
+    return EvalResult(metrics=metrics, images=images, labels=labels.numpy())

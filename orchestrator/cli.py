@@ -1,0 +1,164 @@
+"""The `afsweep` command line.
+
+Every expected failure (a bad spec, unreachable MLflow or S3, a missing shard) is one line on stderr and a non-zero
+exit code: 2 for bad input (spec, arguments), 1 for everything else. No tracebacks for those.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from orchestrator.spec import SpecError, load_spec
+
+RUN_DIR_OPTION = click.option(
+    "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("afsweep-runs"), show_default=True,
+    help="Where the MLflow store, Ray results, Optuna study and prepared data go.",
+)
+
+
+class _Group(click.Group):
+    """Turns the project's own error types into one line and an exit code."""
+
+    def invoke(self, ctx):
+        from alphaflow.config import ConfigError
+        from orchestrator.sweep import SweepError
+        from orchestrator.tracking import TrackingError
+
+        try:
+            return super().invoke(ctx)
+        except (SpecError, ConfigError) as e:
+            click.echo(f"afsweep: error: {e}", err=True)
+            sys.exit(2)
+        except (SweepError, TrackingError) as e:
+            click.echo(f"afsweep: error: {e}", err=True)
+            sys.exit(1)
+        except Exception as e:
+            data_error = _data_error_type()
+            if data_error is not None and isinstance(e, data_error):
+                click.echo(f"afsweep: error: {e}", err=True)
+                sys.exit(1)
+            raise
+
+
+def _data_error_type():
+    try:
+        from alphaflow.data import DataError
+    except ImportError:
+        return None
+    return DataError
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="afsweep")
+def main():
+    """afsweep: sweep alpha-Flow / MeanFlow training on Ray Tune + Optuna, tracked in MLflow."""
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a spec field, e.g. --set search.num_trials=8 --set base.overrides.total_steps=500.")
+@RUN_DIR_OPTION
+@click.option("--address", default=None, help="Connect to an existing Ray cluster instead of starting one.")
+def launch(spec_path: Path, sets: tuple[str, ...], run_dir: Path, address: str | None):
+    """Run the sweep described by SPEC (a YAML file)."""
+    from orchestrator.sweep import launch as run_sweep
+
+    spec = load_spec(spec_path, list(sets))
+    outcome = run_sweep(spec, spec_path.read_text(), run_dir=run_dir, address=address, echo=click.echo)
+    click.echo("")
+    click.echo(f"sweep {outcome.sweep_name}: {outcome.trials} trials: {outcome.completed} completed, "
+               f"{outcome.pruned} stopped early by ASHA, {outcome.failed} failed  ({outcome.wall_s:.0f} s)")
+    for f in outcome.failures:
+        click.echo(f"  failed: {f}")
+    if outcome.best:
+        b = outcome.best
+        click.echo(f"best trial: {b.run_name} (run {b.run_id}): {b.metric} = {b.value:.3f} at step {b.step}")
+        if outcome.untrained_fid1 is not None:
+            click.echo(f"untrained model: fid1 = {outcome.untrained_fid1:.3f}")
+        swept = [k for k in b.params.get("swept", "").split(",") if k]
+        for k in swept:
+            click.echo(f"  {k} = {b.params.get(k)}")
+        for alias, uri in outcome.registered.items():
+            click.echo(f"registered: {uri}")
+    click.echo(f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    if outcome.best is None:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--metric", type=click.Choice(["fid1", "fid2"]), default="fid1", show_default=True)
+@click.option("--sweep", default=None, help="A sweep name; default: the latest sweep. 'all' for every sweep.")
+@click.option("--top", type=click.IntRange(1, 1000), default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--experiment", default="afsweep", show_default=True)
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or the run dir's.")
+@click.option("--register", "alias", default=None, help="Point this registry alias at the best trial's model.")
+@click.option("--model-name", default=None, help="Registered model name for --register (default afsweep-<dataset>).")
+@RUN_DIR_OPTION
+def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_name, run_dir):
+    """Print the best trial(s) by METRIC, read from MLflow."""
+    from orchestrator import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri, run_dir)
+    client = tracking.client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise tracking.TrackingError(f"MLflow at {uri}: no experiment named '{experiment}' (run afsweep launch first)")
+    if sweep is None:
+        sweep = tracking.latest_sweep(client, exp.experiment_id)
+    rows = tracking.best_trials(client, exp.experiment_id, metric, None if sweep == "all" else sweep, top=top)
+    if not rows:
+        raise tracking.TrackingError(f"MLflow at {uri}: no trial of sweep '{sweep}' has logged {metric}_best")
+    if alias:
+        b = rows[0]
+        name = model_name or f"afsweep-{_dataset_of(client, b.run_id)}"
+        rows[0].model_uri = tracking.register_generator(client, uri, b.run_id, name, [alias])
+    if as_json:
+        click.echo(json.dumps([_best_dict(r) for r in rows], indent=2))
+        return
+    for i, r in enumerate(rows, 1):
+        click.echo(f"#{i} sweep {r.sweep}  trial {r.run_name}  run {r.run_id}")
+        click.echo(f"   {r.metric} = {r.value:.4f}  (step {r.step})")
+        for k in _swept(r):
+            click.echo(f"   {k} = {r.params.get(k)}")
+        click.echo(f"   model: {r.model_uri or '(not registered)'}")
+
+
+def _swept(r) -> list[str]:
+    return [k for k in r.params.get("swept", "").split(",") if k]
+
+
+def _best_dict(r) -> dict:
+    return {"run_id": r.run_id, "run_name": r.run_name, "sweep": r.sweep, "metric": r.metric, "value": r.value,
+            "step": r.step, "params": {k: r.params.get(k) for k in _swept(r)}, "model_uri": r.model_uri}
+
+
+def _dataset_of(client, run_id: str) -> str:
+    run = client.get_run(run_id)
+    parent = run.data.tags.get("mlflow.parentRunId")
+    manifest = client.get_run(parent).data.params.get("manifest", "") if parent else ""
+    return Path(manifest).parent.name or "model"
+
+
+def _add_optional_commands() -> None:
+    """Sub-command groups that live in their own modules."""
+    from orchestrator.cli_data import data
+
+    main.add_command(data)
+    try:
+        from orchestrator.cli_eval import eval_command
+    except ImportError:
+        return
+    main.add_command(eval_command, name="eval")
+
+
+_add_optional_commands()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The registered model: an MLflow pyfunc that generates images from a trial's EMA checkpoint.
+
+    model = mlflow.pyfunc.load_model("models:/afsweep-fashion-mnist@best-fid1")
+    images = model.predict(pd.DataFrame({"class_label": [0, 1, 2]}), params={"nfe": 1, "seed": 0})
+    # -> uint8 array (N, C, H, W)
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import torch
+
+from alphaflow.checkpoint import load_generator
+from alphaflow.data import get_codec
+from alphaflow.sampling import sample
+
+
+class GeneratorModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        self.model, self.info = load_generator(context.artifacts["checkpoint"], ema=True)
+        self.model.eval()
+        data = self.info["extra"]["data"]
+        self.codec = get_codec(data["codec"])
+        self.mean = torch.tensor(data["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(data["std"], dtype=torch.float32).view(1, -1, 1, 1)
+        sampling = self.info["config"].get("sampling", {})
+        self.t_mid = float(sampling.get("t_mid", 0.5))
+        self.two_nfe = sampling.get("two_nfe", "ode")
+
+    def predict(self, context, model_input, params=None):
+        params = params or {}
+        nfe = int(params.get("nfe", 1))
+        seed = int(params.get("seed", 0))
+        labels = np.asarray(model_input["class_label"], dtype=np.int64)
+        y = torch.from_numpy(labels)
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn((len(labels), *self.info["image_shape"]), generator=g)
+        with torch.no_grad():
+            z = sample(self.model, noise, y, nfe=nfe, mode=self.two_nfe, t_mid=self.t_mid, generator=g)
+        return self.codec.decode(z * self.std + self.mean)
+
+
+def log_generator_model(tracking_uri: str, run_id: str, checkpoint_path: str, name: str) -> None:
+    """Log the pyfunc into an existing run (the trial's child run)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pyfunc.log_model(
+            name=name,
+            python_model=GeneratorModel(),
+            artifacts={"checkpoint": checkpoint_path},
+            input_example=None,
+            pip_requirements=["afsweep", "torch==2.13.0"],
+        )

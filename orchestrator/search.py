@@ -1,0 +1,118 @@
+"""From a sweep spec to Ray Tune search: the Optuna define-by-run space, the searcher and the ASHA scheduler."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import optuna
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from orchestrator.spec import Choice, Fixed, IntRange, LogUniform, SweepSpec, Uniform
+
+log = logging.getLogger(__name__)
+
+
+def _condition_holds(when: dict[str, Any] | None, params: dict[str, Any]) -> bool:
+    for name, wanted in (when or {}).items():
+        if name not in params:
+            return False
+        allowed = wanted if isinstance(wanted, list) else [wanted]
+        if params[name] not in allowed:
+            return False
+    return True
+
+
+def suggest(trial: optuna.Trial, key: str, dist) -> Any:
+    """One parameter from an Optuna trial (works on Ray's suggest captor as well)."""
+    if isinstance(dist, LogUniform):
+        return trial.suggest_float(key, dist.low, dist.high, log=True)
+    if isinstance(dist, Uniform):
+        return trial.suggest_float(key, dist.low, dist.high)
+    if isinstance(dist, IntRange):
+        return trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, Choice):
+        return trial.suggest_categorical(key, dist.values)
+    if isinstance(dist, Fixed):
+        return dist.value
+    raise TypeError(f"unknown distribution {dist!r}")
+
+
+def define_by_run(spec: SweepSpec) -> Callable[[optuna.Trial], dict[str, Any]]:
+    """The Optuna define-by-run function: conditional parameters exist only when their condition holds.
+
+    Parameters are drawn in spec order, so a condition may refer to any parameter listed before it.
+    Fixed values are returned as constants (Optuna does not search them).
+    """
+    space = spec.search.space
+
+    def _define(trial: optuna.Trial) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        constants: dict[str, Any] = {}
+        for key, dist in space.items():
+            if not _condition_holds(dist.when, params):
+                continue
+            value = suggest(trial, key, dist)
+            params[key] = value
+            if isinstance(dist, Fixed):
+                constants[key] = value
+        return constants
+
+    return _define
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna PRUNED, not COMPLETE, for a trial that stopped before its last step.
+
+    Ray hands an ASHA-stopped trial to the searcher as an ordinary completion with the truncated score
+    (DESIGN 2.2); TPE would then learn from a score the trial never reached.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        stopped_early = (
+            not error
+            and result is not None
+            and result.get("step") is not None
+            and result.get("total_steps") is not None
+            and result["step"] < result["total_steps"]
+        )
+        if not stopped_early or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        except Exception as exc:  # e.g. told twice after a resume: keep the sweep going
+            log.warning("optuna: could not mark trial %s pruned: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+
+def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None):
+    """Optuna through OptunaSearch: TPE, or Optuna's random sampler for `algorithm: random` (same space rules)."""
+    s = spec.search
+    if s.algorithm == "random":
+        sampler = optuna.samplers.RandomSampler(seed=s.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=s.seed)
+    optuna_search = PrunedAwareOptunaSearch(
+        space=define_by_run(spec),
+        metric=s.metric,
+        mode=s.mode,
+        sampler=sampler,
+        study_name=study_name,
+        storage=optuna.storages.RDBStorage(storage_url) if storage_url else None,
+        points_to_evaluate=s.points_to_evaluate or None,
+    )
+    return ConcurrencyLimiter(optuna_search, max_concurrent=s.max_concurrent)
+
+
+def make_scheduler(spec: SweepSpec, total_steps: int, grace_period: int):
+    es = spec.search.early_stopping
+    if es.scheduler == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=total_steps,
+        grace_period=grace_period,
+        reduction_factor=es.reduction_factor,
+    )

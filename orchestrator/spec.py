@@ -1,0 +1,262 @@
+"""The sweep spec: a YAML file validated into pydantic models.
+
+Every error comes out as one `SpecError` line that names the file and the key, e.g.
+`sweeps/x.yaml: search.space.optim.lr.low: Input should be a valid number`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot be used; the message is one line naming the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- search-space distributions -------------------------------------------------------------------------------
+
+
+class _Dist(_Strict):
+    # `when: {param: value}` or `when: {param: [v1, v2]}`: the parameter exists only if the other has that value
+    when: dict[str, Any] | None = None
+
+
+class Uniform(_Dist):
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _order(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class LogUniform(Uniform):
+    type: Literal["loguniform"]
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if self.low <= 0:
+            raise ValueError(f"low ({self.low}) must be > 0 for loguniform")
+        return self
+
+
+class IntRange(_Dist):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class Choice(_Dist):
+    type: Literal["choice"]
+    values: list[Any] = Field(min_length=1)
+
+
+class Fixed(_Dist):
+    type: Literal["fixed"]
+    value: Any
+
+
+Distribution = Annotated[Union[Uniform, LogUniform, IntRange, Choice, Fixed], Field(discriminator="type")]
+
+
+# --- sections ---------------------------------------------------------------------------------------------------
+
+
+class DataSpec(_Strict):
+    # a built-in data set prepared on first use under <run_dir>/data/<dataset>, or an existing manifest URL
+    dataset: Literal["fashion-mnist", "digits"] | None = "fashion-mnist"
+    manifest: str | None = None
+    mode: Literal["resampled", "exact"] = "resampled"
+    loader_workers: int = Field(0, ge=0)
+
+
+class BaseSpec(_Strict):
+    preset: str = "tiny-cpu"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainSpec(_Strict):
+    workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks) per trial")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads in each worker")
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(100, ge=1)
+    eval_samples: int = Field(1000, ge=10)
+
+
+class EarlyStoppingSpec(_Strict):
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int | None = Field(None, ge=1, description="steps; default: the end of the alpha transition")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SearchSpec(_Strict):
+    algorithm: Literal["optuna-tpe", "random"] = "optuna-tpe"
+    seed: int = 0
+    num_trials: int = Field(4, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    metric: Literal["fid1", "fid2"] = "fid1"
+    mode: Literal["min", "max"] = "min"
+    space: dict[str, Distribution] = Field(default_factory=dict)
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+
+
+class TrackingSpec(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<run_dir>/mlflow.db")
+    experiment: str = "afsweep"
+    registered_model: str | None = Field(None, description="default afsweep-<dataset>")
+
+
+class RaySpec(_Strict):
+    address: str | None = Field(None, description="an existing cluster; default: start a local one")
+    num_cpus: int | None = Field(None, ge=1, description="logical CPUs of the local cluster")
+    dashboard_port: int = 8265
+
+
+class SweepSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    data: DataSpec = Field(default_factory=DataSpec)
+    base: BaseSpec = Field(default_factory=BaseSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    ray: RaySpec = Field(default_factory=RaySpec)
+
+    @model_validator(mode="after")
+    def _data_source(self):
+        if (self.data.dataset is None) == (self.data.manifest is None):
+            raise ValueError("data: give exactly one of dataset or manifest")
+        return self
+
+
+# --- loading --------------------------------------------------------------------------------------------------
+
+
+def _loc(err: dict) -> str:
+    # pydantic adds the union member tag (e.g. "uniform") to the location of discriminated unions: keep it out
+    parts = [str(p) for p in err["loc"]]
+    return ".".join(parts) or "(top level)"
+
+
+def _first_error(path: str, e: ValidationError) -> SpecError:
+    err = e.errors()[0]
+    msg = err["msg"].replace("Value error, ", "")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return SpecError(f"{path}: {_loc(err)}: {msg}{more}")
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise SpecError(f"--set {key}: {p} is not a section")
+    d[parts[-1]] = value
+
+
+def apply_sets(raw: dict, sets: list[str], path: str) -> dict:
+    """Apply `--set key=value` overrides (value parsed as YAML) to the raw spec dict."""
+    raw = copy.deepcopy(raw)
+    for item in sets:
+        if "=" not in item:
+            raise SpecError(f"{path}: --set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        # method keys may contain dots themselves (base.overrides.alpha.k_e): keep the rest of the key whole
+        if key.startswith("base.overrides."):
+            raw.setdefault("base", {}).setdefault("overrides", {})[key[len("base.overrides."):]] = value
+        else:
+            _set_dotted(raw, key, value)
+    return raw
+
+
+def parse_spec(raw: Any, path: str = "<spec>") -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise _first_error(path, e) from None
+    _check_method_keys(spec, path)
+    return spec
+
+
+def load_spec(path: str | Path, sets: list[str] | None = None) -> SweepSpec:
+    """Read, override and validate a sweep spec. Raises SpecError (one line) on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"{p}: spec file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{p}:{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{p}: not a text file") from None
+    if sets:
+        raw = apply_sets(raw if isinstance(raw, dict) else {}, sets, str(p))
+    return parse_spec(raw, str(p))
+
+
+def _check_method_keys(spec: SweepSpec, path: str) -> None:
+    """Every overridden or searched method key must exist in TrainConfig, with a value of the right type."""
+    from alphaflow.config import ConfigError, apply_overrides
+    from alphaflow.presets import get_preset
+
+    try:
+        cfg = get_preset(spec.base.preset)
+    except (KeyError, ValueError) as e:
+        raise SpecError(f"{path}: base.preset: {e}") from None
+    try:
+        cfg = apply_overrides(cfg, spec.base.overrides)
+    except ConfigError as e:
+        raise SpecError(f"{path}: base.overrides: {e}") from None
+    for key, dist in spec.search.space.items():
+        sample = _representative_value(dist)
+        try:
+            apply_overrides(cfg, {key: sample})
+        except ConfigError as e:
+            raise SpecError(f"{path}: search.space.{key}: {e}") from None
+        for cond in (dist.when or {}):
+            if cond not in spec.search.space:
+                raise SpecError(f"{path}: search.space.{key}.when: {cond!r} is not a searched parameter")
+
+
+def _representative_value(dist) -> Any:
+    if isinstance(dist, Uniform):  # LogUniform too
+        return (dist.low + dist.high) / 2 if not isinstance(dist, LogUniform) else (dist.low * dist.high) ** 0.5
+    if isinstance(dist, IntRange):
+        return dist.low
+    if isinstance(dist, Choice):
+        return dist.values[0]
+    return dist.value

@@ -1,0 +1,288 @@
+"""The sweep driver: spec -> data -> Ray -> Tune (Optuna + ASHA) -> MLflow parent run -> best model registered."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator import tracking
+from orchestrator.spec import SweepSpec, Uniform
+
+DEFAULT_RUN_DIR = Path("afsweep-runs")
+DOMAIN_EXTRACTOR = {"fashion-mnist": "fashion-mnist-cnn", "digits": "digits-cnn"}
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start or finish; one line that says what and where."""
+
+
+@dataclass
+class SweepOutcome:
+    sweep_name: str
+    parent_run_id: str
+    tracking_uri: str
+    experiment: str
+    trials: int
+    completed: int
+    pruned: int
+    failed: int
+    failures: list[str] = field(default_factory=list)
+    best: tracking.BestTrial | None = None
+    untrained_fid1: float | None = None
+    registered: dict[str, str] = field(default_factory=dict)
+    dashboard_url: str | None = None
+    wall_s: float = 0.0
+
+
+# --- pieces -----------------------------------------------------------------------------------------------------
+
+
+def base_train_config(spec: SweepSpec):
+    from alphaflow.config import apply_overrides
+    from alphaflow.presets import get_preset
+
+    return apply_overrides(get_preset(spec.base.preset), spec.base.overrides)
+
+
+def ensure_data(spec: SweepSpec, run_dir: Path, echo=print) -> str:
+    """The manifest URL; a built-in data set is prepared on first use under <run_dir>/data/<name>."""
+    from alphaflow.data import DataError, prepare_builtin, read_manifest
+
+    if spec.data.manifest:
+        url = spec.data.manifest
+    else:
+        out = (run_dir / "data" / spec.data.dataset).resolve()
+        url = str(out / "manifest.parquet")
+        if not Path(url).exists():
+            echo(f"afsweep: preparing {spec.data.dataset} into {out} (first use; later sweeps reuse it)")
+            url = prepare_builtin(spec.data.dataset, str(out))
+    try:
+        read_manifest(url)
+    except DataError as e:
+        raise SweepError(str(e)) from None
+    return url
+
+
+def transition_end_steps(spec: SweepSpec, cfg) -> int:
+    """The latest step at which any configuration of the space ends its alpha transition.
+
+    Curriculum-aware early stopping: no trial is judged before its curriculum has run (issue 6).
+    """
+    k_e = cfg.alpha.k_e
+    dist = spec.search.space.get("alpha.k_e")
+    if isinstance(dist, Uniform):
+        k_e = max(k_e, dist.high)
+    elif dist is not None and hasattr(dist, "values"):
+        k_e = max([k_e, *[float(v) for v in dist.values]])
+    elif dist is not None and hasattr(dist, "high"):
+        k_e = max(k_e, float(dist.high))
+    steps = k_e * cfg.total_steps if cfg.alpha.unit == "fraction" else k_e
+    return int(min(cfg.total_steps, math.ceil(steps)))
+
+
+def grace_period(spec: SweepSpec, cfg, echo=print) -> int:
+    end = transition_end_steps(spec, cfg)
+    forced = spec.search.early_stopping.grace_period
+    if forced is None:
+        return max(1, end)
+    if forced < end:
+        echo(f"afsweep: warning: early_stopping.grace_period={forced} is before the end of the alpha transition "
+             f"(step {end}); some curricula will be judged before they have run")
+    return forced
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+
+def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
+    os.environ.setdefault("OMP_NUM_THREADS", str(spec.train.threads_per_worker))
+    if ray.is_initialized():
+        return None
+    address = address or spec.ray.address
+    if address:
+        try:
+            ctx = ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        except Exception as e:
+            raise SweepError(f"Ray cluster at {address} is not reachable: {str(e).splitlines()[0]}") from None
+    else:
+        per_trial = 1 + spec.train.workers * spec.train.cpus_per_worker
+        num_cpus = spec.ray.num_cpus or int(math.ceil(spec.search.max_concurrent * per_trial))
+        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                       dashboard_port=_free_port(spec.ray.dashboard_port), logging_level="WARNING")
+    url = ctx.dashboard_url
+    if url and not url.startswith("http"):
+        url = f"http://{url}"
+    return url
+
+
+# --- the sweep ---------------------------------------------------------------------------------------------------
+
+
+def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None = None,
+           echo=print, sweep_name: str | None = None) -> SweepOutcome:
+    import time
+
+    import ray
+    from ray import tune
+
+    from alphaflow.config import config_to_dict, flatten
+    from alphaflow.data import read_manifest
+    from orchestrator.search import make_scheduler, make_searcher
+    from orchestrator.trial import SETTINGS_KEY, MlflowTrialCloser, run_trial
+
+    t0 = time.time()
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tracking_uri = tracking.resolve_tracking_uri(spec.tracking.uri, run_dir)
+    client = tracking.client_for(tracking_uri)  # fail before any work if MLflow is unusable
+    experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment, run_dir / "mlartifacts")
+
+    cfg = base_train_config(spec)
+    manifest_url = ensure_data(spec, run_dir, echo)
+    manifest = read_manifest(manifest_url)
+    if not manifest.fid_reference:
+        raise SweepError(f"{manifest_url}: no FID reference statistics recorded (re-run afsweep data prepare)")
+    extractor = DOMAIN_EXTRACTOR.get(manifest.dataset_id.split(":")[0], DOMAIN_EXTRACTOR["fashion-mnist"])
+    grace = grace_period(spec, cfg, echo)
+
+    sweep_name = sweep_name or f"{spec.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    frozen = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    parent_run_id = tracking.start_sweep_run(
+        client, experiment_id, sweep_name, frozen,
+        params={"spec_name": spec.name, "num_trials": spec.search.num_trials, "algorithm": spec.search.algorithm,
+                "workers_per_trial": spec.train.workers, "total_steps": cfg.total_steps, "grace_period": grace,
+                "manifest": manifest_url, "swept": ",".join(spec.search.space)},
+    )
+    client.log_text(parent_run_id, spec_text, "spec_source.yaml")
+    echo(f"afsweep: sweep {sweep_name}: {spec.search.num_trials} trials x {spec.train.workers} workers, "
+         f"{cfg.total_steps} steps each, ASHA rungs from step {grace}")
+    echo(f"afsweep: MLflow parent run {parent_run_id} in experiment '{spec.tracking.experiment}' at {tracking_uri}")
+
+    dashboard_url = start_ray(spec, address, echo)
+    if dashboard_url:
+        echo(f"afsweep: Ray dashboard: {dashboard_url}  (API token: ~/.ray/auth_token)")
+
+    settings = {
+        "sweep_name": sweep_name, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
+        "tracking_uri": tracking_uri, "base_config": config_to_dict(cfg), "seed": spec.search.seed * 1000,
+        "manifest": manifest_url, "data_mode": spec.data.mode, "loader_workers": spec.data.loader_workers,
+        "workers": spec.train.workers, "use_gpu": spec.train.use_gpu, "cpus_per_worker": spec.train.cpus_per_worker,
+        "threads_per_worker": spec.train.threads_per_worker, "log_every": spec.train.log_every,
+        "eval_every": spec.train.eval_every, "eval_samples": spec.train.eval_samples,
+        "extractor": extractor, "fid_reference": manifest.fid_reference,
+        "train_storage": str(run_dir / "ray" / sweep_name / "train"),
+    }
+    metric, mode = spec.search.metric, spec.search.mode
+    scheduler = make_scheduler(spec, cfg.total_steps, grace)
+    if hasattr(scheduler, "set_search_properties"):
+        scheduler.set_search_properties(metric, mode)
+    closer = MlflowTrialCloser(tracking_uri, experiment_id, sweep_name)
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, {"cpu": 1}),
+        param_space={SETTINGS_KEY: settings},
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec, study_name=sweep_name,
+                                     storage_url=f"sqlite:///{run_dir / 'optuna.db'}"),
+            scheduler=scheduler,
+            num_samples=spec.search.num_trials,
+            max_concurrent_trials=spec.search.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_name,
+            storage_path=str(run_dir / "ray"),
+            callbacks=[closer],
+            progress_reporter=_reporter(spec),
+            verbose=1,
+        ),
+    )
+    status = "FAILED"
+    try:
+        grid = tuner.fit()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(parent_run_id, status=status)
+
+    outcome = SweepOutcome(sweep_name=sweep_name, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
+                           experiment=spec.tracking.experiment, trials=len(grid), completed=0, pruned=0, failed=0,
+                           dashboard_url=dashboard_url)
+    for r in grid:
+        if r.error is not None:
+            outcome.failed += 1
+            outcome.failures.append(str(r.error).strip().splitlines()[-1][:300])
+    outcome.pruned = sum(1 for s in closer.outcomes.values() if s == "pruned")
+    outcome.completed = sum(1 for s in closer.outcomes.values() if s == "completed")
+
+    _finish(client, spec, outcome, experiment_id, mode, manifest, t0)
+    ray.shutdown()
+    return outcome
+
+
+def _reporter(spec: SweepSpec):
+    from ray.tune import CLIReporter
+
+    cols = {"step": "step", "loss": "loss", "fid1": "fid1", "fid2": "fid2", "fid1_best": "fid1*"}
+    params = {k: k for k in list(spec.search.space)[:6]}
+    return CLIReporter(metric_columns=cols, parameter_columns=params, max_report_frequency=30,
+                       sort_by_metric=True, metric=spec.search.metric, mode=spec.search.mode)
+
+
+def _finish(client, spec: SweepSpec, outcome: SweepOutcome, experiment_id: str, mode: str, manifest, t0: float):
+    """Summary on the parent run; the best trials registered with their aliases."""
+    import time
+
+    outcome.wall_s = time.time() - t0
+    summary: dict[str, float] = {"trials_completed": outcome.completed, "trials_pruned": outcome.pruned,
+                                 "trials_failed": outcome.failed, "wall_s": outcome.wall_s}
+    model_name = spec.tracking.registered_model or f"afsweep-{manifest.dataset_id.split(':')[0]}"
+    for metric in ("fid1", "fid2"):
+        top = tracking.best_trials(client, experiment_id, metric, outcome.sweep_name, top=1, mode=mode)
+        if not top:
+            continue
+        best = top[0]
+        summary[f"best_{metric}"] = best.value
+        uri = tracking.register_generator(client, outcome.tracking_uri, best.run_id, model_name, [f"best-{metric}"])
+        outcome.registered[f"best-{metric}"] = uri
+        if metric == spec.search.metric:
+            best.model_uri = uri
+            outcome.best = best
+    if outcome.best is not None:
+        history = client.get_metric_history(outcome.best.run_id, "fid1")
+        start = [m.value for m in history if m.step == 0]
+        if start:
+            outcome.untrained_fid1 = start[0]
+            summary["untrained_fid1"] = start[0]
+        client.set_tag(outcome.parent_run_id, "afsweep.best_run_id", outcome.best.run_id)
+    cost = _sum_trial_metric(client, experiment_id, outcome.sweep_name, ("cpu_s", "wall_s"))
+    summary.update({f"trials_total_{k}": v for k, v in cost.items()})
+    for k, v in summary.items():
+        client.log_metric(outcome.parent_run_id, k, float(v))
+
+
+def _sum_trial_metric(client, experiment_id: str, sweep: str, names: tuple[str, ...]) -> dict[str, float]:
+    runs = client.search_runs([experiment_id], f"tags.`{tracking.KIND_TAG}` = 'trial' and "
+                                               f"tags.`{tracking.SWEEP_TAG}` = '{sweep}'", max_results=10_000)
+    return {n: sum(r.data.metrics.get(n, 0.0) for r in runs) for n in names}
+
+
+def spec_params(spec: SweepSpec) -> dict[str, Any]:
+    return {"name": spec.name, **{f"space.{k}": v.type for k, v in spec.search.space.items()}}

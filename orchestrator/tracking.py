@@ -1,0 +1,215 @@
+"""MLflow: where runs go, the sweep's parent run, one child run per trial, the best model in the registry.
+
+Layout of a sweep in MLflow:
+- parent run `<sweep>` (tag afsweep.kind=sweep): the frozen spec as an artifact, sweep-level params and totals;
+- child run per trial (tag mlflow.parentRunId, afsweep.kind=trial, afsweep.trial_id): flat params, metrics over
+  steps, sample grids, the best EMA checkpoint as artifact `checkpoint/model.pt`;
+- the best trial's checkpoint registered as a pyfunc generator with aliases `best-fid1` / `best-fid2`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+KIND_TAG = "afsweep.kind"
+SWEEP_TAG = "afsweep.sweep"
+TRIAL_TAG = "afsweep.trial_id"
+STATUS_TAG = "afsweep.status"
+CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
+MODEL_ARTIFACT = "generator"
+
+
+class TrackingError(RuntimeError):
+    """MLflow cannot be used; one line naming the URI."""
+
+
+def default_tracking_uri(run_dir: Path) -> str:
+    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(explicit: str | None, run_dir: Path) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(run_dir)
+
+
+def client_for(uri: str) -> MlflowClient:
+    """A client that has answered once: an unreachable server or a broken store is one TrackingError line."""
+    # keep a dead server from stalling for minutes in MLflow's retry loop
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:  # MlflowException, requests errors, sqlalchemy errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(f"MLflow at {uri} is not usable: {first[:300]}") from None
+    return client
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def flat_params(params: dict[str, Any]) -> dict[str, str]:
+    """MLflow params are strings; numbers stay plain numbers so the UI's parallel coordinates can plot them."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, float):
+            v = f"{v:.6g}"
+        out[k] = str(v)[:6000]
+    return out
+
+
+def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str, spec_yaml: str,
+                    params: dict[str, Any]) -> str:
+    run = client.create_run(experiment_id, run_name=sweep_name, tags={KIND_TAG: "sweep", SWEEP_TAG: sweep_name})
+    client.log_text(run.info.run_id, spec_yaml, "spec.yaml")
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in flat_params(params).items()])
+    return run.info.run_id
+
+
+def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str) -> str | None:
+    runs = client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'sweep' and tags.`{SWEEP_TAG}` = '{sweep_name}'",
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, sweep_name: str, trial_id: str) -> str | None:
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{KIND_TAG}` = 'trial' and tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def get_or_create_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, sweep_name: str,
+                            trial_id: str, trial_name: str, params: dict[str, Any]) -> str:
+    """The trial's child run; a trial restarted (resume, retry) finds and reuses its own run."""
+    existing = find_trial_run(client, experiment_id, sweep_name, trial_id)
+    if existing:
+        client.update_run(existing, status="RUNNING")
+        return existing
+    run = client.create_run(
+        experiment_id,
+        run_name=trial_name,
+        tags={"mlflow.parentRunId": parent_run_id, KIND_TAG: "trial", SWEEP_TAG: sweep_name, TRIAL_TAG: trial_id},
+    )
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in flat_params(params).items()])
+    return run.info.run_id
+
+
+def close_trial_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
+    """status: completed | pruned | failed. ASHA-stopped trials never run their own `finally:` (DESIGN 2.2)."""
+    mlflow_status = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[status]
+    client.set_tag(run_id, STATUS_TAG, status)
+    if reason:
+        client.set_tag(run_id, "afsweep.error", reason[:5000])
+    client.set_terminated(run_id, status=mlflow_status)
+
+
+@dataclass
+class BestTrial:
+    run_id: str
+    run_name: str
+    sweep: str
+    metric: str
+    value: float
+    step: int | None
+    params: dict[str, str]
+    model_uri: str | None
+
+
+def latest_sweep(client: MlflowClient, experiment_id: str) -> str | None:
+    runs = client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    return runs[0].data.tags.get(SWEEP_TAG) if runs else None
+
+
+def best_trials(client: MlflowClient, experiment_id: str, metric: str, sweep: str | None, top: int = 1,
+                mode: str = "min") -> list[BestTrial]:
+    """The best trials by the summary metric `<metric>_best` (search_runs sorts by the last value logged)."""
+    summary = f"{metric}_best"
+    filt = f"tags.`{KIND_TAG}` = 'trial'"
+    if sweep:
+        filt += f" and tags.`{SWEEP_TAG}` = '{sweep}'"
+    order = "ASC" if mode == "min" else "DESC"
+    runs = client.search_runs([experiment_id], filt, order_by=[f"metrics.`{summary}` {order}"], max_results=max(top, 1) * 4)
+    out = []
+    for r in runs:
+        if summary not in r.data.metrics:
+            continue
+        step = r.data.metrics.get(f"{summary}_step", r.data.metrics.get(f"{metric}_best_step"))
+        out.append(BestTrial(
+            run_id=r.info.run_id,
+            run_name=r.info.run_name,
+            sweep=r.data.tags.get(SWEEP_TAG, ""),
+            metric=summary,
+            value=r.data.metrics[summary],
+            step=int(step) if step is not None else None,
+            params=dict(r.data.params),
+            model_uri=registered_uri_for_run(client, r.info.run_id),
+        ))
+        if len(out) >= top:
+            break
+    return out
+
+
+def registered_uri_for_run(client: MlflowClient, run_id: str) -> str | None:
+    try:
+        versions = client.search_model_versions(f"run_id = '{run_id}'")
+    except Exception:
+        return None
+    if not versions:
+        return f"runs:/{run_id}/{MODEL_ARTIFACT}" if _has_artifact(client, run_id, MODEL_ARTIFACT) else None
+    v = max(versions, key=lambda mv: int(mv.version))
+    aliases = list(getattr(v, "aliases", []) or [])
+    return f"models:/{v.name}@{aliases[0]}" if aliases else f"models:/{v.name}/{v.version}"
+
+
+def _has_artifact(client: MlflowClient, run_id: str, path: str) -> bool:
+    try:
+        return any(a.path == path for a in client.list_artifacts(run_id))
+    except Exception:
+        return False
+
+
+def register_generator(client: MlflowClient, tracking_uri: str, run_id: str, model_name: str,
+                       aliases: list[str]) -> str:
+    """Log the trial's best checkpoint as a pyfunc generator (once per run) and point the aliases at it."""
+    from orchestrator.generator_model import log_generator_model
+
+    if not _has_artifact(client, run_id, MODEL_ARTIFACT):
+        local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT)
+        log_generator_model(tracking_uri, run_id, local, MODEL_ARTIFACT)
+    existing = client.search_model_versions(f"run_id = '{run_id}' and name = '{model_name}'")
+    if existing:
+        version = max(existing, key=lambda mv: int(mv.version)).version
+    else:
+        try:
+            client.get_registered_model(model_name)
+        except Exception:
+            client.create_registered_model(model_name, description="afsweep generators (1- and 2-NFE)")
+        source = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+        version = client.create_model_version(model_name, source=source, run_id=run_id).version
+    for alias in aliases:
+        client.set_registered_model_alias(model_name, alias, version)
+    return f"models:/{model_name}@{aliases[0]}" if aliases else f"models:/{model_name}/{version}"
+
+
+def sweep_run_status(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    client.set_terminated(run_id, status=status)
+
+
+def terminal(status: str) -> bool:
+    return RunStatus.is_terminated(RunStatus.from_string(status))

@@ -1,0 +1,134 @@
+"""One Tune trial: a function trainable that runs a Ray Train TorchTrainer (the Train V2 pattern, DESIGN 2.2),
+and the Tune callback that closes each trial's MLflow run whatever way it ended.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from ray import tune
+
+from orchestrator import tracking
+
+SETTINGS_KEY = "afsweep"  # the trial config's static part; every other key is a searched method parameter
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The searched parameters of a trial, flat dotted keys (Tune may have nested them on '/')."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}" if prefix else k, v)
+        else:
+            out[prefix] = value
+
+    for k, v in config.items():
+        if k != SETTINGS_KEY:
+            walk(k, v)
+    return out
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from alphaflow.config import apply_overrides, config_from_dict, config_to_dict, flatten
+    from orchestrator.worker import train_loop
+
+    s = config[SETTINGS_KEY]
+    ctx = tune.get_context()
+    trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
+    params = trial_params(config)
+    cfg = apply_overrides(config_from_dict(s["base_config"]), params)
+    # each trial its own seed, recorded: seed offsets keep trials of one sweep from sharing noise
+    cfg = apply_overrides(cfg, {"seed": int(s["seed"]) + _trial_number(trial_id)})
+
+    client = tracking.client_for(s["tracking_uri"])
+    run_id = tracking.get_or_create_trial_run(
+        client, s["experiment_id"], s["parent_run_id"], s["sweep_name"], trial_id, trial_name,
+        params={**flatten(cfg), "swept": ",".join(sorted(params))},
+    )
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "train_config": config_to_dict(cfg),
+            "manifest": s["manifest"],
+            "data_mode": s["data_mode"],
+            "loader_workers": s["loader_workers"],
+            "tracking_uri": s["tracking_uri"],
+            "run_id": run_id,
+            "threads": s["threads_per_worker"],
+            "log_every": s["log_every"],
+            "eval_every": s["eval_every"],
+            "eval_samples": s["eval_samples"],
+            "extractor": s["extractor"],
+            "fid_reference": s["fid_reference"],
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=s["workers"], use_gpu=s["use_gpu"], resources_per_worker={"CPU": s["cpus_per_worker"]},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",  # deterministic: a resumed trial finds its own Train run
+            storage_path=s["train_storage"],
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _trial_number(trial_id: str) -> int:
+    # Tune trial ids look like "1a2b3c4d_00003": the suffix counts trials within the sweep
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else zlib.crc32(trial_id.encode()) % 10_000
+
+
+class MlflowTrialCloser(tune.Callback):
+    """Ends each trial's child run as completed, pruned (stopped early by ASHA) or failed.
+
+    The trial function cannot do this itself: a trial stopped by the scheduler is killed without running its
+    `finally:` blocks (DESIGN 2.2).
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, sweep_name: str):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.sweep_name = sweep_name
+        self.outcomes: dict[str, str] = {}
+
+    def _close(self, trial, status: str, reason: str | None = None) -> None:
+        self.outcomes[trial.trial_id] = status
+        try:
+            client = tracking.client_for(self.tracking_uri)
+            run_id = tracking.find_trial_run(client, self.experiment_id, self.sweep_name, trial.trial_id)
+            if run_id:
+                tracking.close_trial_run(client, run_id, status, reason)
+        except Exception as e:  # never let bookkeeping kill the sweep
+            print(f"afsweep: could not close the MLflow run of trial {trial.trial_id}: {e}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        stopped_early = last.get("step") is not None and last.get("step", 0) < last.get("total_steps", 0)
+        self._close(trial, "pruned" if stopped_early else "completed")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        reason = None
+        if getattr(trial, "error_file", None):
+            try:
+                with open(trial.error_file) as f:
+                    reason = _last_error_line(f.read())
+            except OSError:
+                pass
+        self._close(trial, "failed", reason)
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "error" in ln:
+            return ln
+    return lines[-1] if lines else "unknown error"

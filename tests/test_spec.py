@@ -1,0 +1,90 @@
+"""The sweep spec: valid specs load, every kind of bad input is one line naming the file and key, exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.spec import SpecError, load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "spec.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_every_shipped_spec_loads():
+    specs = sorted((REPO / "sweeps").glob("*.yaml"))
+    assert specs, "no sweep specs shipped"
+    for p in specs:
+        spec = load_spec(p)
+        assert spec.name
+
+
+def test_curriculum_spec_searches_the_required_knobs():
+    spec = load_spec(REPO / "sweeps" / "curriculum.yaml")
+    for key in ("alpha.k_s", "alpha.k_e", "alpha.gamma", "ratio_fm.start", "optim.lr"):
+        assert key in spec.search.space
+    assert spec.search.num_trials >= 4
+    assert spec.train.workers >= 2
+
+
+def test_set_overrides(tmp_path):
+    p = write(tmp_path, "name: t\nsearch: {num_trials: 2}\n")
+    spec = load_spec(p, ["search.num_trials=7", "base.overrides.alpha.k_e=0.5", "train.workers=3"])
+    assert spec.search.num_trials == 7
+    assert spec.base.overrides == {"alpha.k_e": 0.5}
+    assert spec.train.workers == 3
+
+
+@pytest.mark.parametrize("text, where", [
+    ("name: t\nsearch: {num_trials: 2\n", "invalid YAML"),
+    ("name: t\nbogus: 1\n", "bogus: unknown key"),
+    ("name: t\nsearch: {num_trails: 2}\n", "search.num_trails: unknown key"),
+    ("name: t\nsearch: {num_trials: many}\n", "search.num_trials"),
+    ("name: t\nsearch: {space: {optim.lr: {type: uniform, low: 1, high: 0}}}\n", "search.space.optim.lr"),
+    ("name: t\nsearch: {space: {optim.lr: {type: gaussian}}}\n", "search.space.optim.lr"),
+    ("name: t\nsearch: {space: {alpha.nope: {type: uniform, low: 0, high: 1}}}\n", "search.space.alpha.nope"),
+    ("name: t\nbase: {overrides: {optim.lrr: 0.1}}\n", "base.overrides"),
+    ("name: t\nbase: {overrides: {total_steps: many}}\n", "base.overrides"),
+    ("name: t\nbase: {preset: nope}\n", "base.preset"),
+    ("- just\n- a list\n", "top level"),
+    ("name: 'bad name!'\n", "name"),
+])
+def test_bad_spec_is_one_line_naming_file_and_key(tmp_path, text, where):
+    p = write(tmp_path, text)
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert str(p) in msg
+    assert where in msg
+
+
+def test_cli_bad_spec_exit_2_no_traceback(tmp_path):
+    p = write(tmp_path, "name: t\nsearch: {num_trails: 2}\n")
+    res = CliRunner().invoke(main, ["launch", str(p), "--run-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "search.num_trails" in lines[0] and str(p) in lines[0]
+    assert not (tmp_path / "runs").exists(), "nothing may be started for a bad spec"
+
+
+def test_cli_missing_spec_exit_2(tmp_path):
+    res = CliRunner().invoke(main, ["launch", str(tmp_path / "nope.yaml")])
+    assert res.exit_code == 2
+    assert "nope.yaml" in res.output and "not found" in res.output and "Traceback" not in res.output
+
+
+def test_frozen_spec_round_trips(tmp_path):
+    spec = load_spec(REPO / "sweeps" / "curriculum.yaml")
+    p = write(tmp_path, yaml.safe_dump(spec.model_dump(mode="json")))
+    assert load_spec(p) == spec
