@@ -43,12 +43,17 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
 def log_generator_model(tracking_uri: str, run_id: str, checkpoint_path: str, name: str) -> None:
     """Log the pyfunc into an existing run (the trial's child run)."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    # params must be in the signature, or pyfunc silently ignores them at predict time
+    signature = infer_signature(pd.DataFrame({"class_label": [0]}), params={"nfe": 1, "seed": 0})
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         mlflow.pyfunc.log_model(
             name=name,
             python_model=GeneratorModel(),
             artifacts={"checkpoint": checkpoint_path},
-            input_example=None,
+            signature=signature,
             pip_requirements=["afsweep", "torch==2.13.0"],
         )

@@ -1,0 +1,119 @@
+"""End to end: `afsweep launch` runs a real sweep (Ray Tune + Optuna + ASHA, Ray Train with 2 gloo workers per
+trial, MLflow on sqlite), then `afsweep best` reads it back and the registered model generates images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+
+pytestmark = pytest.mark.slow
+
+SPEC = """
+name: e2e
+data: {dataset: fashion-mnist}
+base:
+  preset: tiny-cpu
+  overrides: {total_steps: 30, batch_size: 32, model.size: micro}
+train: {workers: 2, eval_every: 15, log_every: 5, eval_samples: 200}
+search:
+  num_trials: 2
+  max_concurrent: 2
+  seed: 3
+  space:
+    alpha.k_e: {type: uniform, low: 0.3, high: 0.5}
+    optim.lr: {type: loguniform, low: 1.0e-3, high: 3.0e-3}
+  early_stopping: {scheduler: asha, reduction_factor: 2}
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    spec = root / "spec.yaml"
+    spec.write_text(SPEC)
+    run_dir = root / "runs"
+    res = CliRunner().invoke(main, ["launch", str(spec), "--run-dir", str(run_dir)], catch_exceptions=False)
+    return res, run_dir
+
+
+def _client(run_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+def test_launch_succeeds_and_reports(sweep):
+    res, run_dir = sweep
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "Ray dashboard: http://127.0.0.1:" in out
+    assert "best trial:" in out and "fid1 =" in out
+    assert "untrained model: fid1 =" in out
+    assert "models:/afsweep-fashion-mnist@best-fid1" in out
+
+
+def test_mlflow_parent_and_child_runs(sweep):
+    res, run_dir = sweep
+    assert res.exit_code == 0, res.output
+    client, _ = _client(run_dir)
+    exp = client.get_experiment_by_name("afsweep")
+    parents = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'sweep'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status in ("FINISHED", "KILLED")
+        p = child.data.params
+        assert "alpha.k_e" in p and "optim.lr" in p and "total_steps" in p
+        assert 0.3 <= float(p["alpha.k_e"]) <= 0.5
+        for metric in ("loss", "alpha", "fid1", "fid2", "fid1_best"):
+            hist = client.get_metric_history(child.info.run_id, metric)
+            assert hist, f"{metric} not logged"
+        fid1 = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "fid1")}
+        assert 0 in fid1, "the untrained model is scored at step 0"
+        alphas = [m.value for m in client.get_metric_history(child.info.run_id, "alpha")]
+        assert max(alphas) <= 1.0 and min(alphas) >= 0.0
+        samples = [a.path for a in client.list_artifacts(child.info.run_id, "samples")]
+        assert any(s.endswith(".png") for s in samples)
+
+
+def test_best_cli_and_registered_generator(sweep):
+    res, run_dir = sweep
+    assert res.exit_code == 0, res.output
+    client, uri = _client(run_dir)
+    exp = client.get_experiment_by_name("afsweep")
+    children = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'trial'")
+    expected = min(children, key=lambda r: r.data.metrics["fid1_best"])
+
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "best", "--metric", "fid1", "--json",
+                           "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert rows[0]["run_id"] == expected.info.run_id
+    assert rows[0]["value"] == pytest.approx(expected.data.metrics["fid1_best"])
+    assert set(rows[0]["params"]) == {"alpha.k_e", "optim.lr"}
+    assert rows[0]["model_uri"] == "models:/afsweep-fashion-mnist@best-fid1"
+
+    mv = client.get_model_version_by_alias("afsweep-fashion-mnist", "best-fid1")
+    assert mv.run_id == expected.info.run_id
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    mlflow.set_tracking_uri(uri)
+    gen = mlflow.pyfunc.load_model("models:/afsweep-fashion-mnist@best-fid1")
+    images = np.asarray(gen.predict(pd.DataFrame({"class_label": [0, 1, 7]}), params={"nfe": 2, "seed": 1}))
+    assert images.shape == (3, 1, 28, 28) and images.dtype == np.uint8
+    assert images.std() > 0
