@@ -70,6 +70,10 @@ def launch(spec_path: Path, sets: tuple[str, ...], run_dir: Path, address: str |
 
     spec = load_spec(spec_path, list(sets))
     outcome = run_sweep(spec, spec_path.read_text(), run_dir=run_dir, address=address, echo=click.echo)
+    _print_outcome(outcome)
+
+
+def _print_outcome(outcome) -> None:
     click.echo("")
     click.echo(f"sweep {outcome.sweep_name}: {outcome.trials} trials: {outcome.completed} completed, "
                f"{outcome.pruned} stopped early by ASHA, {outcome.failed} failed  ({outcome.wall_s:.0f} s)")
@@ -80,10 +84,9 @@ def launch(spec_path: Path, sets: tuple[str, ...], run_dir: Path, address: str |
         click.echo(f"best trial: {b.run_name} (run {b.run_id}): {b.metric} = {b.value:.3f} at step {b.step}")
         if outcome.untrained_fid1 is not None:
             click.echo(f"untrained model: fid1 = {outcome.untrained_fid1:.3f}")
-        swept = [k for k in b.params.get("swept", "").split(",") if k]
-        for k in swept:
+        for k in _swept(b):
             click.echo(f"  {k} = {b.params.get(k)}")
-        for alias, uri in outcome.registered.items():
+        for uri in outcome.registered.values():
             click.echo(f"registered: {uri}")
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}")
     if outcome.best is None:
@@ -127,6 +130,56 @@ def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_nam
         for k in _swept(r):
             click.echo(f"   {k} = {r.params.get(k)}")
         click.echo(f"   model: {r.model_uri or '(not registered)'}")
+
+
+@main.command()
+@click.argument("sweep_name", metavar="SWEEP")
+@RUN_DIR_OPTION
+@click.option("--address", default=None, help="Connect to an existing Ray cluster instead of starting one.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: the spec's, then the run dir's.")
+def resume(sweep_name, run_dir, address, tracking_uri):
+    """Finish SWEEP after its driver died: no trial lost, none run twice, no duplicate MLflow run."""
+    from orchestrator.sweep import resume as resume_sweep
+
+    outcome = resume_sweep(sweep_name, run_dir=run_dir, address=address, echo=click.echo, tracking_uri=tracking_uri)
+    _print_outcome(outcome)
+
+
+@main.command()
+@click.argument("sweep_name", metavar="SWEEP", required=False)
+@click.option("--experiment", default="afsweep", show_default=True)
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or the run dir's.")
+@click.option("--json", "as_json", is_flag=True)
+@RUN_DIR_OPTION
+def status(sweep_name, experiment, tracking_uri, as_json, run_dir):
+    """Trials of SWEEP (default: the latest), their states, the best so far, and the cost."""
+    from orchestrator import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri, run_dir)
+    client = tracking.client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise tracking.TrackingError(f"MLflow at {uri}: no experiment named '{experiment}'")
+    sweep_name = sweep_name or tracking.latest_sweep(client, exp.experiment_id)
+    rows = tracking.sweep_status(client, exp.experiment_id, sweep_name)
+    if rows is None:
+        raise tracking.TrackingError(f"MLflow at {uri}: no sweep named '{sweep_name}'")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"sweep {sweep_name}: {rows['state']}, {len(rows['trials'])} trials "
+               f"({', '.join(f'{v} {k}' for k, v in rows['counts'].items())})")
+    click.echo(f"{'trial':<28} {'state':<10} {'step':>6} {'fid1':>9} {'fid1_best':>9} {'wall_s':>8} {'cpu_s':>8}")
+    for t in rows["trials"]:
+        click.echo(f"{t['name']:<28} {t['state']:<10} {_fmt(t['step'], 0):>6} {_fmt(t['fid1']):>9} "
+                   f"{_fmt(t['fid1_best']):>9} {_fmt(t['wall_s'], 0):>8} {_fmt(t['cpu_s'], 0):>8}")
+    if rows["best"]:
+        click.echo(f"best so far: {rows['best']['name']} fid1_best = {rows['best']['fid1_best']:.3f}")
+    click.echo(f"cost: {rows['total_wall_s']:.0f} trial-wall-seconds, {rows['total_cpu_s']:.0f} CPU-seconds")
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def _swept(r) -> list[str]:

@@ -16,6 +16,7 @@ from orchestrator import tracking
 from orchestrator.spec import SweepSpec, Uniform
 
 DEFAULT_RUN_DIR = Path("afsweep-runs")
+SPEC_COPY = "afsweep_spec.yaml"
 DOMAIN_EXTRACTOR = {"fashion-mnist": "fashion-mnist-cnn", "digits": "digits-cnn"}
 
 
@@ -142,7 +143,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     import ray
     from ray import tune
 
-    from alphaflow.config import config_to_dict, flatten
+    from alphaflow.config import config_to_dict
     from alphaflow.data import read_manifest
     from orchestrator.search import make_scheduler, make_searcher
     from orchestrator.trial import SETTINGS_KEY, MlflowTrialCloser, run_trial
@@ -193,7 +194,6 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     scheduler = make_scheduler(spec, cfg.total_steps, grace)
     if hasattr(scheduler, "set_search_properties"):
         scheduler.set_search_properties(metric, mode)
-    closer = MlflowTrialCloser(tracking_uri, experiment_id, sweep_name)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": 1}),
         param_space={SETTINGS_KEY: settings},
@@ -207,32 +207,71 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         run_config=tune.RunConfig(
             name=sweep_name,
             storage_path=str(run_dir / "ray"),
-            callbacks=[closer],
+            callbacks=[MlflowTrialCloser(tracking_uri, experiment_id, sweep_name)],
             progress_reporter=_reporter(spec),
             verbose=1,
         ),
     )
+    sweep_dir = run_dir / "ray" / sweep_name
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / SPEC_COPY).write_text(frozen)  # what `afsweep resume` rebuilds the sweep from
+    grid = _fit(tuner, client, parent_run_id)
+    outcome = _finish(client, spec, sweep_name, parent_run_id, tracking_uri, experiment_id, grid, manifest, t0)
+    outcome.dashboard_url = dashboard_url
+    ray.shutdown()
+    return outcome
+
+
+def _fit(tuner, client, parent_run_id: str):
+    """Run Tune; the parent run ends FINISHED, or KILLED on Ctrl-C, or FAILED (trials keep what they logged)."""
     status = "FAILED"
     try:
         grid = tuner.fit()
         status = "FINISHED"
+        return grid
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         client.set_terminated(parent_run_id, status=status)
 
-    outcome = SweepOutcome(sweep_name=sweep_name, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
-                           experiment=spec.tracking.experiment, trials=len(grid), completed=0, pruned=0, failed=0,
-                           dashboard_url=dashboard_url)
-    for r in grid:
-        if r.error is not None:
-            outcome.failed += 1
-            outcome.failures.append(str(r.error).strip().splitlines()[-1][:300])
-    outcome.pruned = sum(1 for s in closer.outcomes.values() if s == "pruned")
-    outcome.completed = sum(1 for s in closer.outcomes.values() if s == "completed")
 
-    _finish(client, spec, outcome, experiment_id, mode, manifest, t0)
+def resume(sweep_name: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None = None, echo=print,
+           tracking_uri: str | None = None) -> SweepOutcome:
+    """Finish a sweep whose driver died: Tune restores its trials and the Optuna searcher; trials find their own
+    Train runs (deterministic names) and MLflow child runs (tagged by trial id), so nothing runs or logs twice."""
+    import time
+
+    import ray
+    from ray import tune
+
+    from alphaflow.data import read_manifest
+    from orchestrator.spec import parse_spec
+    from orchestrator.trial import run_trial
+
+    t0 = time.time()
+    run_dir = Path(run_dir).resolve()
+    sweep_dir = run_dir / "ray" / sweep_name
+    if not (sweep_dir / SPEC_COPY).exists() or not tune.Tuner.can_restore(str(sweep_dir)):
+        raise SweepError(f"{sweep_dir}: no sweep to resume there (launch writes it; check --run-dir and the name)")
+    spec = parse_spec(yaml.safe_load((sweep_dir / SPEC_COPY).read_text()), str(sweep_dir / SPEC_COPY))
+    uri = tracking.resolve_tracking_uri(tracking_uri or spec.tracking.uri, run_dir)
+    client = tracking.client_for(uri)
+    experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment, run_dir / "mlartifacts")
+    parent_run_id = tracking.find_sweep_run(client, experiment_id, sweep_name)
+    if parent_run_id is None:
+        raise SweepError(f"MLflow at {uri}: no parent run for sweep {sweep_name}")
+    client.update_run(parent_run_id, status="RUNNING")
+    manifest = read_manifest(ensure_data(spec, run_dir, echo))
+    dashboard_url = start_ray(spec, address, echo)
+    if dashboard_url:
+        echo(f"afsweep: Ray dashboard: {dashboard_url}  (API token: ~/.ray/auth_token)")
+    echo(f"afsweep: resuming sweep {sweep_name} from {sweep_dir}")
+    tuner = tune.Tuner.restore(str(sweep_dir), trainable=tune.with_resources(run_trial, {"cpu": 1}),
+                               resume_unfinished=True, resume_errored=True)
+    grid = _fit(tuner, client, parent_run_id)
+    outcome = _finish(client, spec, sweep_name, parent_run_id, uri, experiment_id, grid, manifest, t0)
+    outcome.dashboard_url = dashboard_url
     ray.shutdown()
     return outcome
 
@@ -246,21 +285,38 @@ def _reporter(spec: SweepSpec):
                        sort_by_metric=True, metric=spec.search.metric, mode=spec.search.mode)
 
 
-def _finish(client, spec: SweepSpec, outcome: SweepOutcome, experiment_id: str, mode: str, manifest, t0: float):
-    """Summary on the parent run; the best trials registered with their aliases."""
+def trial_states(client, experiment_id: str, sweep: str) -> dict[str, str]:
+    """trial id -> completed | pruned | failed | running, from the child runs' tags (the source of truth)."""
+    runs = client.search_runs([experiment_id], f"tags.`{tracking.KIND_TAG}` = 'trial' and "
+                                               f"tags.`{tracking.SWEEP_TAG}` = '{sweep}'", max_results=10_000)
+    return {r.data.tags[tracking.TRIAL_TAG]: r.data.tags.get(tracking.STATUS_TAG, "running") for r in runs}
+
+
+def _finish(client, spec: SweepSpec, sweep_name: str, parent_run_id: str, tracking_uri: str, experiment_id: str,
+            grid, manifest, t0: float) -> SweepOutcome:
+    """Count the trials, register the best ones with their aliases, put the summary on the parent run."""
     import time
 
+    states = trial_states(client, experiment_id, sweep_name)
+    outcome = SweepOutcome(
+        sweep_name=sweep_name, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
+        experiment=spec.tracking.experiment, trials=len(grid),
+        completed=sum(s == "completed" for s in states.values()),
+        pruned=sum(s == "pruned" for s in states.values()),
+        failed=sum(r.error is not None for r in grid),
+        failures=[str(r.error).strip().splitlines()[-1][:300] for r in grid if r.error is not None],
+    )
     outcome.wall_s = time.time() - t0
     summary: dict[str, float] = {"trials_completed": outcome.completed, "trials_pruned": outcome.pruned,
                                  "trials_failed": outcome.failed, "wall_s": outcome.wall_s}
     model_name = spec.tracking.registered_model or f"afsweep-{manifest.dataset_id.split(':')[0]}"
     for metric in ("fid1", "fid2"):
-        top = tracking.best_trials(client, experiment_id, metric, outcome.sweep_name, top=1, mode=mode)
+        top = tracking.best_trials(client, experiment_id, metric, sweep_name, top=1, mode=spec.search.mode)
         if not top:
             continue
         best = top[0]
         summary[f"best_{metric}"] = best.value
-        uri = tracking.register_generator(client, outcome.tracking_uri, best.run_id, model_name, [f"best-{metric}"])
+        uri = tracking.register_generator(client, tracking_uri, best.run_id, model_name, [f"best-{metric}"])
         outcome.registered[f"best-{metric}"] = uri
         if metric == spec.search.metric:
             best.model_uri = uri
@@ -271,18 +327,15 @@ def _finish(client, spec: SweepSpec, outcome: SweepOutcome, experiment_id: str, 
         if start:
             outcome.untrained_fid1 = start[0]
             summary["untrained_fid1"] = start[0]
-        client.set_tag(outcome.parent_run_id, "afsweep.best_run_id", outcome.best.run_id)
-    cost = _sum_trial_metric(client, experiment_id, outcome.sweep_name, ("cpu_s", "wall_s"))
+        client.set_tag(parent_run_id, "afsweep.best_run_id", outcome.best.run_id)
+    cost = _sum_trial_metric(client, experiment_id, sweep_name, ("cpu_s", "wall_s"))
     summary.update({f"trials_total_{k}": v for k, v in cost.items()})
     for k, v in summary.items():
-        client.log_metric(outcome.parent_run_id, k, float(v))
+        client.log_metric(parent_run_id, k, float(v))
+    return outcome
 
 
 def _sum_trial_metric(client, experiment_id: str, sweep: str, names: tuple[str, ...]) -> dict[str, float]:
     runs = client.search_runs([experiment_id], f"tags.`{tracking.KIND_TAG}` = 'trial' and "
                                                f"tags.`{tracking.SWEEP_TAG}` = '{sweep}'", max_results=10_000)
     return {n: sum(r.data.metrics.get(n, 0.0) for r in runs) for n in names}
-
-
-def spec_params(spec: SweepSpec) -> dict[str, Any]:
-    return {"name": spec.name, **{f"space.{k}": v.type for k, v in spec.search.space.items()}}

@@ -165,6 +165,29 @@ def best_trials(client: MlflowClient, experiment_id: str, metric: str, sweep: st
     return out
 
 
+def sweep_status(client: MlflowClient, experiment_id: str, sweep: str | None) -> dict | None:
+    """A sweep's trials, states, best so far and cost, from MLflow alone (works while the sweep runs)."""
+    parent = find_sweep_run(client, experiment_id, sweep) if sweep else None
+    if parent is None:
+        return None
+    runs = client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'trial' and tags.`{SWEEP_TAG}` = '{sweep}'",
+                              order_by=["attributes.start_time ASC"], max_results=10_000)
+    trials, counts = [], {}
+    for r in runs:
+        state = r.data.tags.get(STATUS_TAG, "running")
+        counts[state] = counts.get(state, 0) + 1
+        m = r.data.metrics
+        trials.append({"name": r.info.run_name, "run_id": r.info.run_id, "state": state,
+                       "step": m.get("fid1_best_step") if "step" not in m else m["step"],
+                       "fid1": m.get("fid1"), "fid1_best": m.get("fid1_best"), "fid2_best": m.get("fid2_best"),
+                       "wall_s": m.get("wall_s"), "cpu_s": m.get("cpu_s")})
+    scored = [t for t in trials if t["fid1_best"] is not None]
+    best = min(scored, key=lambda t: t["fid1_best"]) if scored else None
+    return {"sweep": sweep, "state": client.get_run(parent).info.status, "trials": trials, "counts": counts,
+            "best": best, "total_wall_s": sum(t["wall_s"] or 0 for t in trials),
+            "total_cpu_s": sum(t["cpu_s"] or 0 for t in trials)}
+
+
 def registered_uri_for_run(client: MlflowClient, run_id: str) -> str | None:
     try:
         versions = client.search_model_versions(f"run_id = '{run_id}'")

@@ -98,10 +98,8 @@ class MlflowTrialCloser(tune.Callback):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.sweep_name = sweep_name
-        self.outcomes: dict[str, str] = {}
 
     def _close(self, trial, status: str, reason: str | None = None) -> None:
-        self.outcomes[trial.trial_id] = status
         try:
             client = tracking.client_for(self.tracking_uri)
             run_id = tracking.find_trial_run(client, self.experiment_id, self.sweep_name, trial.trial_id)

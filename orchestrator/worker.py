@@ -64,7 +64,7 @@ def train_loop(config: dict[str, Any]) -> None:
     manifest = read_manifest(config["manifest"])
     trainer = Trainer(cfg, image_shape=tuple(manifest.image_shape), num_classes=manifest.num_classes)
 
-    best = {"fid1": math.inf, "fid2": math.inf}
+    best = {"fid1": math.inf, "fid2": math.inf, "fid1_step": 0, "fid2_step": 0}
     position = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:  # a restarted trial continues from its last report
@@ -114,7 +114,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 best["fid2"], best["fid2_step"] = m["fid2"], step
             m.update(fid1_best=best["fid1"], fid2_best=best["fid2"], fid1_best_step=best["fid1_step"],
                      fid2_best_step=best["fid2_step"])
-            m.update(wall_s=time.time() - wall0, cpu_s=(_cpu_seconds() - cpu0) * world)
+            m.update(step=step, wall_s=time.time() - wall0, cpu_s=(_cpu_seconds() - cpu0) * world)
             log.metrics(m, step)
             with tempfile.TemporaryDirectory() as tmp:
                 grid = Path(tmp) / f"step{step:07d}_nfe1.png"

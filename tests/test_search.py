@@ -1,0 +1,53 @@
+"""The Optuna search space built from a spec: distributions, conditional parameters, pruned trials."""
+
+from __future__ import annotations
+
+import optuna
+
+from orchestrator.search import PrunedAwareOptunaSearch, define_by_run
+from orchestrator.spec import parse_spec
+
+SPACE = {
+    "name": "s",
+    "search": {
+        "space": {
+            "loss.beta": {"type": "choice", "values": [True, False]},
+            "loss.beta_k": {"type": "uniform", "low": 0.5, "high": 2.0, "when": {"loss.beta": True}},
+            "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+            "model.size": {"type": "fixed", "value": "micro"},
+            "total_steps": {"type": "int", "low": 10, "high": 20, "step": 5},
+        }
+    },
+}
+
+
+def test_define_by_run_honours_conditions_and_ranges():
+    spec = parse_spec(SPACE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_beta = set()
+    for _ in range(30):
+        trial = study.ask()
+        constants = define_by_run(spec)(trial)
+        p = {**trial.params, **constants}
+        seen_beta.add(p["loss.beta"])
+        assert ("loss.beta_k" in p) == p["loss.beta"]
+        if p["loss.beta"]:
+            assert 0.5 <= p["loss.beta_k"] <= 2.0
+        assert 1e-4 <= p["optim.lr"] <= 1e-2
+        assert p["total_steps"] in (10, 15, 20)
+        assert constants == {"model.size": "micro"}
+        study.tell(trial, 1.0)
+    assert seen_beta == {True, False}
+
+
+def test_stopped_trial_is_pruned_in_optuna():
+    spec = parse_spec(SPACE)
+    search = PrunedAwareOptunaSearch(space=define_by_run(spec), metric="fid1", mode="min",
+                                     sampler=optuna.samplers.TPESampler(seed=0), study_name="t")
+    for tid in ("a", "b"):
+        assert search.suggest(tid) is not None
+    search.on_trial_result("a", {"fid1": 10.0, "step": 5, "total_steps": 20, "training_iteration": 1})
+    search.on_trial_complete("a", {"fid1": 10.0, "step": 5, "total_steps": 20})
+    search.on_trial_complete("b", {"fid1": 3.0, "step": 20, "total_steps": 20})
+    states = sorted(t.state.name for t in search._ot_study.trials)
+    assert states == ["COMPLETE", "PRUNED"]
