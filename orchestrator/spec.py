@@ -14,6 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+PRESET_KEY = "preset"  # a search-space key that picks the whole base config; every other key is a TrainConfig key
+
+
 class SpecError(ValueError):
     """A sweep spec that cannot be used; the message is one line naming the file and the key."""
 
@@ -242,6 +245,15 @@ def _check_method_keys(spec: SweepSpec, path: str) -> None:
     except ConfigError as e:
         raise SpecError(f"{path}: base.overrides: {e}") from None
     for key, dist in spec.search.space.items():
+        if key == PRESET_KEY:  # the whole base config is searched: every value must be a known preset
+            if not isinstance(dist, (Choice, Fixed)):
+                raise SpecError(f"{path}: search.space.preset: must be a choice or fixed list of preset names")
+            for name in _possible_values(dist):
+                try:
+                    apply_overrides(get_preset(name), spec.base.overrides)
+                except (KeyError, ValueError) as e:
+                    raise SpecError(f"{path}: search.space.preset: {e}") from None
+            continue
         sample = _representative_value(dist)
         try:
             apply_overrides(cfg, {key: sample})
@@ -250,6 +262,14 @@ def _check_method_keys(spec: SweepSpec, path: str) -> None:
         for cond in (dist.when or {}):
             if cond not in spec.search.space:
                 raise SpecError(f"{path}: search.space.{key}.when: {cond!r} is not a searched parameter")
+
+
+def _possible_values(dist) -> list[Any]:
+    if isinstance(dist, Choice):
+        return list(dist.values)
+    if isinstance(dist, Fixed):
+        return [dist.value]
+    return []
 
 
 def _representative_value(dist) -> Any:

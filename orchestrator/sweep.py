@@ -182,7 +182,8 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
 
     settings = {
         "sweep_name": sweep_name, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
-        "tracking_uri": tracking_uri, "base_config": config_to_dict(cfg), "seed": spec.search.seed * 1000,
+        "tracking_uri": tracking_uri, "base_config": config_to_dict(cfg), "base_overrides": spec.base.overrides,
+        "preset": spec.base.preset, "seed": spec.search.seed * 1000,
         "manifest": manifest_url, "data_mode": spec.data.mode, "loader_workers": spec.data.loader_workers,
         "workers": spec.train.workers, "use_gpu": spec.train.use_gpu, "cpus_per_worker": spec.train.cpus_per_worker,
         "threads_per_worker": spec.train.threads_per_worker, "log_every": spec.train.log_every,

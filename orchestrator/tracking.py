@@ -53,10 +53,14 @@ def client_for(uri: str) -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """The experiment's id, created if needed. `artifact_root` is used only for a local (sqlite) store: a tracking
+    server decides where artifacts go (its proxied artifact store), and a local path would be wrong for remote
+    workers."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+    local_store = client.tracking_uri.startswith(("sqlite:", "file:", "/"))
+    location = Path(artifact_root).resolve().as_uri() if artifact_root and local_store else None
     return client.create_experiment(name, artifact_location=location)
 
 

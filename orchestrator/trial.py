@@ -37,20 +37,25 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from alphaflow.config import apply_overrides, config_from_dict, config_to_dict, flatten
+    from alphaflow.presets import get_preset
+    from orchestrator.spec import PRESET_KEY
     from orchestrator.worker import train_loop
 
     s = config[SETTINGS_KEY]
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     params = trial_params(config)
-    cfg = apply_overrides(config_from_dict(s["base_config"]), params)
+    base = config_from_dict(s["base_config"])
+    if PRESET_KEY in params:  # a searched preset replaces the base config; the spec's overrides still apply
+        base = apply_overrides(get_preset(params[PRESET_KEY]), s["base_overrides"])
+    cfg = apply_overrides(base, {k: v for k, v in params.items() if k != PRESET_KEY})
     # each trial its own seed, recorded: seed offsets keep trials of one sweep from sharing noise
     cfg = apply_overrides(cfg, {"seed": int(s["seed"]) + _trial_number(trial_id)})
 
     client = tracking.client_for(s["tracking_uri"])
     run_id = tracking.get_or_create_trial_run(
         client, s["experiment_id"], s["parent_run_id"], s["sweep_name"], trial_id, trial_name,
-        params={**flatten(cfg), "swept": ",".join(sorted(params))},
+        params={**flatten(cfg), "preset": params.get(PRESET_KEY, s["preset"]), "swept": ",".join(sorted(params))},
     )
 
     trainer = TorchTrainer(

@@ -1,0 +1,146 @@
+"""`afsweep preview SPEC`: what a sweep would do, before it costs anything.
+
+The planned trials (drawn from the same Optuna sampler and seed the sweep uses, so TPE's first random draws match),
+the ASHA rungs, a cost estimate from a few timed training steps on this machine, and a PNG of the alpha, ratio_fm
+and beta schedules of the sampled configurations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.spec import PRESET_KEY, SweepSpec
+
+
+@dataclass
+class Plan:
+    trials: list[dict[str, Any]]      # the searched parameters of each planned trial
+    configs: list[Any]                # the TrainConfig of each
+    rungs: list[int]                  # ASHA milestones in steps (empty without ASHA)
+    grace: int
+    step_s: float | None = None       # measured seconds per optimizer step of one worker
+    eval_s: float | None = None       # estimated seconds per evaluation
+
+
+def plan_trials(spec: SweepSpec, n: int | None = None) -> Plan:
+    import optuna
+
+    from alphaflow.config import apply_overrides
+    from alphaflow.presets import get_preset
+    from orchestrator.search import define_by_run
+    from orchestrator.sweep import base_train_config, grace_period
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    n = n or spec.search.num_trials
+    sampler = (optuna.samplers.RandomSampler(seed=spec.search.seed) if spec.search.algorithm == "random"
+               else optuna.samplers.TPESampler(seed=spec.search.seed))
+    study = optuna.create_study(sampler=sampler, direction="minimize" if spec.search.mode == "min" else "maximize")
+    for point in spec.search.points_to_evaluate:
+        study.enqueue_trial(point)
+    define = define_by_run(spec)
+    base = base_train_config(spec)
+    trials, configs = [], []
+    for _ in range(n):
+        t = study.ask()
+        constants = define(t)
+        params = {**t.params, **constants}
+        study.tell(t, state=optuna.trial.TrialState.PRUNED)  # no score yet: keep the sampler from learning
+        cfg = base
+        if PRESET_KEY in params:
+            cfg = apply_overrides(get_preset(params[PRESET_KEY]), spec.base.overrides)
+        cfg = apply_overrides(cfg, {k: v for k, v in params.items() if k != PRESET_KEY})
+        trials.append(params)
+        configs.append(cfg)
+    grace = grace_period(spec, base, echo=lambda *_: None)
+    rungs = asha_rungs(grace, max(c.total_steps for c in configs), spec.search.early_stopping.reduction_factor) \
+        if spec.search.early_stopping.scheduler == "asha" else []
+    return Plan(trials=trials, configs=configs, rungs=rungs, grace=grace)
+
+
+def asha_rungs(grace: int, max_t: int, rf: float) -> list[int]:
+    """ASHA's milestones (Ray's rule: grace * rf^k below max_t)."""
+    count = int(math.log(max_t / grace) / math.log(rf) + 1) if max_t >= grace else 0
+    return [int(grace * rf ** k) for k in range(count)]
+
+
+def time_steps(cfg, image_shape, num_classes: int, batch: int, steps: int = 3) -> float:
+    """Seconds per optimizer step of one worker at this config's stages, averaged over alpha=1 and alpha=0 steps."""
+    import torch
+
+    from alphaflow.config import apply_overrides
+    from alphaflow.trainer import Trainer
+
+    x = torch.randn(batch, *image_shape)
+    y = torch.randint(0, num_classes, (batch,))
+    costs = []
+    for alpha in (1.0, 0.0):  # the curriculum spends its time between these two stages
+        c = apply_overrides(cfg, {"alpha.kind": "constant", "alpha.start": alpha, "alpha.end": alpha})
+        trainer = Trainer(c, image_shape=image_shape, num_classes=num_classes)
+        trainer.train_step(x, y)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(x, y)
+        costs.append((time.perf_counter() - t0) / steps)
+    return sum(costs) / len(costs)
+
+
+def estimate_cost(spec: SweepSpec, plan: Plan, image_shape, num_classes: int) -> dict[str, float]:
+    """Trial-steps, and wall/CPU seconds at the measured step time (evaluation and start-up not included)."""
+    import torch
+
+    torch.set_num_threads(spec.train.threads_per_worker)
+    per_rank = max(1, plan.configs[0].batch_size // spec.train.workers)
+    plan.step_s = time_steps(plan.configs[0], tuple(image_shape), num_classes, per_rank)
+    trial_steps = sum(c.total_steps for c in plan.configs)
+    worker_s = trial_steps * plan.step_s
+    concurrency = min(spec.search.max_concurrent, len(plan.configs))
+    return {"trial_steps": trial_steps, "step_s": plan.step_s,
+            "cpu_s": worker_s * spec.train.workers * spec.train.threads_per_worker,
+            "gpu_s": worker_s * spec.train.workers if spec.train.use_gpu else 0.0,
+            "wall_s": worker_s / concurrency}
+
+
+def schedules_png(plan: Plan, path: str | Path, max_lines: int = 8) -> str:
+    """Three panels: alpha(step) and ratio_fm(step) of each sampled configuration, and the Delta-t weight beta."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from alphaflow.schedules import schedule_value
+    from alphaflow.timesteps import expected_one_minus_dt
+    from alphaflow.weights import beta_weight, beta_progress
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for i, cfg in enumerate(plan.configs[:max_lines]):
+        steps = np.linspace(0, cfg.total_steps, 200)
+        axes[0].plot(steps, [schedule_value(cfg.alpha, int(s), cfg.total_steps) for s in steps], label=f"trial {i}")
+        axes[1].plot(steps, [schedule_value(cfg.ratio_fm, int(s), cfg.total_steps) for s in steps], label=f"trial {i}")
+        if cfg.loss.beta:
+            lam = 1.0 / expected_one_minus_dt(cfg.time)
+            dt = np.linspace(0, 1, 50)
+            for frac, style in ((0.0, "-"), (0.5, "--"), (1.0, ":")):
+                s = beta_progress(int(frac * cfg.total_steps), cfg.total_steps, cfg.loss.beta_k)
+                axes[2].plot(dt, [beta_weight(d, s, lam) for d in dt], style, color=f"C{i}",
+                             label=f"trial {i}, {int(frac * 100)}% of training")
+    for r in plan.rungs:
+        for ax in axes[:2]:
+            ax.axvline(r, color="grey", lw=0.8, ls=":")
+    axes[0].set(title="alpha (dotted: ASHA rungs)", xlabel="step", ylim=(-0.05, 1.05))
+    axes[1].set(title="ratio_fm (fraction of r = t rows)", xlabel="step", ylim=(-0.05, 1.05))
+    axes[2].set(title="beta(dt, s) on r < t rows", xlabel="dt = t - r")
+    if not axes[2].lines:
+        axes[2].text(0.5, 0.5, "beta weighting off in every sampled trial", ha="center", va="center",
+                     transform=axes[2].transAxes)
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
