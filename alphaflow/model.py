@@ -1,0 +1,195 @@
+"""DiT for average-velocity prediction: u(x, r, t | y) (DESIGN 1.1, 1.7).
+
+adaLN-Zero blocks, patch embedding, fixed 2-D sin-cos positions, LayerNorm eps 1e-6 without affine, MLP ratio 4
+with GELU(tanh), xavier init, zero-init modulation and final layer. Times enter raw in [0, 1] through two
+sinusoidal embedders, one for t and one for t - r; both are added to the class embedding, whose last row
+(index num_classes) is the null class of label dropout and CFG.
+
+Attention has two paths: the fused `F.scaled_dot_product_attention` (default) and an explicit softmax(QK^T)V that
+forward-mode AD (`torch.func.jvp`) can differentiate; `with math_attention(model):` switches to the second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# name -> (depth, width, heads). micro/tiny/small are sized for CPU runs (tiny: the sweeps' default on this
+# machine, see benchmarks/step_cost.py); S/B/L/XL are the DiT sizes of the papers.
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {
+    "micro": (2, 64, 2),
+    "tiny": (4, 96, 3),
+    "small": (6, 192, 6),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+FREQ_DIM = 256          # sinusoidal features per time embedder (DiT)
+
+
+def timestep_features(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of raw times (B,) -> (B, dim): cos/sin of t * exp(-log(max_period) * i / half)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].to(freqs.dtype) * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t.dtype if t.is_floating_point() else freqs.dtype)
+
+
+class TimeEmbedder(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(FREQ_DIM, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_features(t).to(self.mlp[0].weight.dtype))
+
+
+def sincos_2d(width: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos positions (grid_h * grid_w, width): half the channels encode the row, half the column."""
+    if width % 4:
+        raise ValueError(f"model width must be divisible by 4 for 2-D sin-cos positions, got {width}")
+
+    def one_d(pos: torch.Tensor, dim: int) -> torch.Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+        out = pos.double()[:, None] * omega[None]
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+    rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    emb = torch.cat([one_d(rows.reshape(-1), width // 2), one_d(cols.reshape(-1), width // 2)], dim=1)
+    return emb.float()
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"model width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.use_math = False   # explicit softmax path, differentiable by forward-mode AD
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.use_math:
+            attn = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+            out = attn.softmax(dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(approximate="tanh"), nn.Linear(4 * width, width))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.attn(_modulate(self.norm1(x), shift1, scale1))
+        return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, width: int, patch: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = nn.Linear(width, patch * patch * out_channels)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(c).chunk(2, dim=-1)
+        return self.linear(_modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """u = DiT(x, r, t, y): x (B, C, H, W), r and t (B,) in [0, 1], y (B,) long in [0, num_classes]."""
+
+    def __init__(self, in_channels: int, image_size: tuple[int, int], num_classes: int, patch: int,
+                 depth: int, width: int, heads: int):
+        super().__init__()
+        h, w = image_size
+        if h % patch or w % patch:
+            raise ValueError(f"image size {h}x{w} is not divisible by patch size {patch}")
+        self.in_channels, self.patch, self.num_classes = in_channels, patch, num_classes
+        self.grid = (h // patch, w // patch)
+        self.patch_embed = nn.Conv2d(in_channels, width, kernel_size=patch, stride=patch)
+        self.register_buffer("pos_embed", sincos_2d(width, *self.grid)[None], persistent=False)
+        self.t_embed = TimeEmbedder(width)
+        self.dt_embed = TimeEmbedder(width)          # embeds t - r
+        self.y_embed = nn.Embedding(num_classes + 1, width)   # last row: the null class
+        self.blocks = nn.ModuleList(DiTBlock(width, heads) for _ in range(depth))
+        self.final = FinalLayer(width, patch, in_channels)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.patch_embed.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.normal_(self.y_embed.weight, std=0.02)
+        for emb in (self.t_embed, self.dt_embed):
+            nn.init.normal_(emb.mlp[0].weight, std=0.02)
+            nn.init.normal_(emb.mlp[2].weight, std=0.02)
+        for block in self.blocks:   # adaLN-Zero: every block starts as the identity
+            nn.init.zeros_(block.modulation[-1].weight)
+            nn.init.zeros_(block.modulation[-1].bias)
+        nn.init.zeros_(self.final.modulation[-1].weight)
+        nn.init.zeros_(self.final.modulation[-1].bias)
+        nn.init.zeros_(self.final.linear.weight)
+        nn.init.zeros_(self.final.linear.bias)
+
+    def forward(self, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
+        c = self.t_embed(t) + self.dt_embed(t - r) + self.y_embed(y)
+        for block in self.blocks:
+            tokens = block(tokens, c)
+        out = self.final(tokens, c)            # (B, N, p*p*C)
+        gh, gw = self.grid
+        p, ch = self.patch, self.in_channels
+        out = out.reshape(b, gh, gw, p, p, ch).permute(0, 5, 1, 3, 2, 4)
+        return out.reshape(b, ch, gh * p, gw * p)
+
+
+@contextlib.contextmanager
+def math_attention(model: nn.Module) -> Iterator[None]:
+    """Inside: every Attention of `model` uses the explicit softmax path (needed by torch.func.jvp).
+    A model without Attention modules (e.g. an MLP) is left as it is."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    before = [m.use_math for m in layers]
+    for m in layers:
+        m.use_math = True
+    try:
+        yield
+    finally:
+        for m, b in zip(layers, before):
+            m.use_math = b
+
+
+def build_model(model_cfg, in_channels: int, image_size: int | tuple[int, int], num_classes: int) -> DiT:
+    """A DiT of `model_cfg.size` with patch `model_cfg.patch_size` for images (in_channels, *image_size)."""
+    if model_cfg.size not in MODEL_SIZES:
+        raise ValueError(f"model.size: unknown size {model_cfg.size!r}; known: {', '.join(MODEL_SIZES)}")
+    depth, width, heads = MODEL_SIZES[model_cfg.size]
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    return DiT(in_channels, size, num_classes, model_cfg.patch_size, depth, width, heads)

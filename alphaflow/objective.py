@@ -1,0 +1,175 @@
+"""The alpha-Flow loss family (DESIGN 1.2) with training-time guidance (1.5), for any model u(x, r, t, y).
+
+One call = one minibatch loss:
+- z_t = (1 - t) x + t eps, v = eps - x; rows with r = t (a fraction ratio_fm) regress to v_cfg.
+- r < t rows, by alpha:
+  alpha == 1      target v_cfg (trajectory flow matching), no extra network pass;
+  0 < alpha < 1   target alpha v_cfg + (1 - alpha) sg(u(z_s, r, s)), s = t - alpha (t - r),
+                  z_s = z_t - alpha (t - r) v_cfg: one no-grad pass of the online network on those rows only,
+                  clipped to +-clip;
+  alpha == 0      MeanFlow target v_cfg - (t - r) sg(du/dt), du/dt = JVP along (v_cfg, 0, 1), computed with
+                  torch.func.jvp in one pass over the whole batch whose primal output is the prediction itself
+                  (r = t rows have t - r = 0, so their target stays v_cfg); not clipped.
+- v_cfg = omega v + kappa u(z_t, t, t | y) + (1 - omega - kappa) u(z_t, t, t | null) under no-grad for rows with
+  t inside (t_min, t_max) whose label was kept; v elsewhere (and for rows dropped to the null class, which learn
+  the unconditional velocity). No extra pass when omega == 1 and kappa == 0.
+- Per-row loss l_i (mean or sum over elements), weight n_i / (sg(l_i) + c)^p with n_i = alpha on the r < t rows
+  when 0 < alpha < 1, else 1; then MinSNR on r = t rows (minsnr_gamma > 0) and beta on r < t rows (loss.beta);
+  loss = mean_i w_i l_i.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from alphaflow.model import math_attention
+from alphaflow.timesteps import expected_one_minus_dt, sample_times
+from alphaflow.weights import adaptive_weight, beta_weight, minsnr_weight, progress_s
+
+
+def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, ...) to broadcast against `like`."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _per_row(err: torch.Tensor, reduce: str) -> torch.Tensor:
+    flat = err.flatten(1)
+    if reduce == "mean":
+        return flat.mean(dim=1)
+    if reduce == "sum":
+        return flat.sum(dim=1)
+    raise ValueError(f"loss.reduce: {reduce!r} is not one of mean, sum")
+
+
+def guided_velocity(model: nn.Module, z_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, y: torch.Tensor,
+                    null_class: int, guidance, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """v_cfg (DESIGN 1.5), under no-grad, with the online network. `keep`: rows whose label was not dropped."""
+    omega, kappa = float(guidance.omega), float(guidance.kappa)
+    if omega == 1.0 and kappa == 0.0:
+        return v
+    inside = (t > guidance.t_min) & (t < guidance.t_max)
+    if keep is not None:
+        inside = inside & keep
+    idx = inside.nonzero().squeeze(1)
+    v_cfg = v.clone()
+    if idx.numel() == 0:
+        return v_cfg
+    zz, tt, yy = z_t[idx], t[idx], y[idx]
+    with torch.no_grad():
+        both = model(torch.cat([zz, zz]), torch.cat([tt, tt]), torch.cat([tt, tt]),
+                     torch.cat([yy, torch.full_like(yy, null_class)]))
+    u_cond, u_null = both.to(v.dtype).chunk(2)
+    v_cfg[idx] = omega * v[idx] + kappa * u_cond + (1.0 - omega - kappa) * u_null
+    return v_cfg
+
+
+def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: float, ratio_fm: float, cfg,
+                    num_classes: int, generator: torch.Generator | None = None, progress: float = 0.0,
+                    grad_diagnostics: bool = False, times: tuple | None = None, eps: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The minibatch loss and its logs.
+
+    cfg: a TrainConfig (uses cfg.time, cfg.loss, cfg.cfg). progress: i / T in [0, 1] (for beta).
+    grad_diagnostics: also log grad_cos, the cosine between the parameter gradients of L_TFM and L_TCc.
+    times = (t, r, fm_mask) and eps override the random draws (tests)."""
+    alpha = min(max(float(alpha), 0.0), 1.0)
+    b = x.shape[0]
+    dev, dtype = x.device, x.dtype
+    if times is None:
+        t, r, fm_mask = sample_times(b, ratio_fm, cfg.time, generator)
+    else:
+        t, r, fm_mask = times
+    t, r, fm_mask = t.to(dev, dtype), r.to(dev, dtype), fm_mask.to(dev)
+    if eps is None:
+        eps = torch.randn(x.shape, generator=generator, dtype=dtype).to(dev)
+    y = y.to(dev)
+    keep = None
+    if cfg.cfg.label_dropout > 0:
+        keep = (torch.rand(b, generator=generator) >= cfg.cfg.label_dropout).to(dev)
+        y = torch.where(keep, y, torch.full_like(y, num_classes))
+
+    z_t = (1 - _rows(t, x)) * x + _rows(t, x) * eps
+    v = eps - x
+    v_cfg = guided_velocity(model, z_t, t, v, y, num_classes, cfg.cfg, keep)
+    dt = t - r
+    traj = ~fm_mask
+    traj_idx = traj.nonzero().squeeze(1)
+
+    if alpha == 0.0:
+        # MeanFlow: one forward-mode pass; its primal output is the prediction the loss backpropagates through
+        def fn(z, r_, t_):
+            return model(z, r_, t_, y)
+
+        with math_attention(model):
+            u, dudt = torch.func.jvp(fn, (z_t, r, t), (v_cfg, torch.zeros_like(r), torch.ones_like(t)))
+        target = (v_cfg - _rows(dt, x) * dudt.detach().to(dtype)).detach()
+    else:
+        target = v_cfg
+        if alpha < 1.0 and traj_idx.numel():
+            s = t[traj_idx] - alpha * dt[traj_idx]
+            z_s = z_t[traj_idx] - _rows(alpha * dt[traj_idx], x) * v_cfg[traj_idx]
+            with torch.no_grad():
+                u_s = model(z_s, r[traj_idx], s, y[traj_idx]).to(dtype)
+            clip = float(cfg.loss.clip)
+            target = v_cfg.clone()
+            target[traj_idx] = (alpha * v_cfg[traj_idx] + (1 - alpha) * u_s).clamp(-clip, clip)
+        u = model(z_t, r, t, y)
+    u = u.to(dtype)
+
+    per_row = _per_row((u - target) ** 2, cfg.loss.reduce)
+    n = torch.ones(b, dtype=dtype, device=dev)
+    if 0.0 < alpha < 1.0:
+        n[traj] = alpha
+    w = adaptive_weight(per_row, n, cfg.loss.adaptive_p, cfg.loss.adaptive_c)
+    if cfg.loss.minsnr_gamma > 0 and fm_mask.any():
+        w = torch.where(fm_mask, w * minsnr_weight(t, cfg.loss.minsnr_gamma), w)
+    beta_mean = 1.0
+    if cfg.loss.beta and traj.any():
+        lam = 1.0 / expected_one_minus_dt(cfg.time)
+        beta = beta_weight(dt, progress_s_from(progress, cfg.loss.beta_k), lam)
+        w = torch.where(traj, w * beta, w)
+        beta_mean = float(beta[traj].mean())
+    loss = (w.detach() * per_row).mean()
+
+    # the paper's decomposition |u - u_tgt|^2 = L_TFM + L_TCc + const, logged without backprop
+    l_tfm = _per_row((u - v_cfg) ** 2, cfg.loss.reduce).mean()
+    l_tcc = _per_row(2 * (v_cfg - target) * u, cfg.loss.reduce).mean()
+    logs = {
+        "loss": float(loss.detach()),
+        "loss_unweighted": float(per_row.detach().mean()),
+        "loss_fm": float(per_row[fm_mask].detach().mean()) if fm_mask.any() else math.nan,
+        "loss_traj": float(per_row[traj].detach().mean()) if traj.any() else math.nan,
+        "alpha": alpha,
+        "ratio_fm": float(fm_mask.float().mean()),
+        "cfg_scale": cfg_scale(cfg.cfg),
+        "beta_mean": beta_mean,
+        "l_tfm": float(l_tfm.detach()),
+        "l_tcc": float(l_tcc.detach()),
+    }
+    if grad_diagnostics:
+        logs["grad_cos"] = gradient_cosine(model, l_tfm, l_tcc)
+    return loss, logs
+
+
+def progress_s_from(progress: float, k: float) -> float:
+    """s = 1 - progress^k with progress = i / T."""
+    return progress_s(int(round(progress * 1_000_000)), 1_000_000, k)
+
+
+def cfg_scale(guidance) -> float:
+    """The effective guidance scale omega / (1 - kappa)."""
+    return float(guidance.omega) / (1.0 - float(guidance.kappa)) if guidance.kappa != 1.0 else math.inf
+
+
+def gradient_cosine(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> float:
+    """cos(grad_theta a, grad_theta b), keeping the graph for the main backward."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    ga = torch.autograd.grad(a, params, retain_graph=True, allow_unused=True)
+    gb = torch.autograd.grad(b, params, retain_graph=True, allow_unused=True)
+    fa = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(ga, params)])
+    fb = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(gb, params)])
+    denom = fa.norm() * fb.norm()
+    return float((fa @ fb) / denom) if denom > 0 else math.nan
