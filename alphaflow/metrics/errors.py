@@ -1,0 +1,13 @@
+"""Errors of the metrics package; every message is one line that names the file or the value at fault."""
+
+
+class MetricsError(RuntimeError):
+    """A metrics input is unusable: missing or corrupt weights, bad images, mismatched reference statistics."""
+
+
+class WeightsMismatchError(MetricsError):
+    """Feature-extractor weights whose sha256 differs from the recorded one."""
+
+
+class IncompatibleReferenceError(MetricsError):
+    """Reference statistics computed with another extractor, preprocessing or data set."""

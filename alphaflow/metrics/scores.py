@@ -1,0 +1,108 @@
+"""Scores of a set of generated images against reference statistics: FID, class accuracy, precision/recall, KID.
+
+FID is biased upward at small N (DESIGN 2.2): always report N with it. Precision/recall and KID compare against
+the reference's fixed subsample of real features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alphaflow.metrics.errors import MetricsError
+from alphaflow.metrics.extractors import as_uint8_images
+from alphaflow.metrics.frechet import frechet_distance, gaussian_stats
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise squared Euclidean distances (len(a), len(b)), float64."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.maximum(d, 0.0)
+
+
+def _kth_radius(feats: np.ndarray, k: int) -> np.ndarray:
+    """Squared distance from each row to its k-th nearest other row (the row itself, at 0, is skipped)."""
+    d = _sq_dists(feats, feats)
+    return np.partition(d, k, axis=1)[:, k]
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019): each sample covers a ball reaching its k-th
+    nearest neighbour in its own set. Precision: the share of generated samples inside some real ball; recall: the
+    share of real samples inside some generated ball."""
+    if len(real) <= k or len(fake) <= k:
+        return float("nan"), float("nan")
+    d = _sq_dists(real, fake)                      # (R, G)
+    precision = (d <= _kth_radius(real, k)[:, None]).any(axis=0).mean()
+    recall = (d <= _kth_radius(fake, k)[None, :]).any(axis=1).mean()
+    return float(precision), float(recall)
+
+
+def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: int = 100,
+                              max_subset_size: int = 1000, seed: int = 0) -> float:
+    """KID (Binkowski et al. 2018): the unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, averaged over
+    random subsets of equal size m = min(len(real), len(fake), max_subset_size). Unbiased, so usable at small N
+    (it can be slightly negative when the sets match)."""
+    m = min(len(real), len(fake), max_subset_size)
+    if m < 2:
+        return float("nan")
+    d = real.shape[1]
+    if m == len(real) == len(fake):
+        num_subsets = 1  # every subset would be the whole of both sets
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(num_subsets):
+        x = fake[rng.choice(len(fake), m, replace=False)].astype(np.float64)
+        y = real[rng.choice(len(real), m, replace=False)].astype(np.float64)
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        total += ((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                  - 2.0 * kxy.mean())
+    return float(total / num_subsets)
+
+
+def _features_and_predictions(images: np.ndarray, extractor):
+    if hasattr(extractor, "features_and_predictions"):
+        return extractor.features_and_predictions(images)
+    return extractor.features(images), None
+
+
+def fid_from_images(images_uint8, extractor, reference) -> float:
+    """FID of uint8 images (N, C, H, W) against reference statistics in the extractor's feature space."""
+    reference.check_compatible(extractor)
+    mu, sigma = gaussian_stats(extractor.features(as_uint8_images(images_uint8)))
+    return frechet_distance(mu, sigma, reference.mu, reference.sigma)
+
+
+def sample_metrics(images_uint8, labels, extractor, reference, k: int = 3, kid_subsets: int = 100,
+                   seed: int = 0) -> dict[str, float]:
+    """{"fid", "n", "class_acc", "precision", "recall", "kid"} of generated uint8 images (N, C, H, W).
+
+    labels: the class each image was generated for (None to skip class accuracy). class_acc is the share the
+    domain classifier assigns to that class (NaN for extractors without a classifier); precision, recall and KID
+    are NaN against a plain pytorch-fid file, which carries no real features.
+    """
+    images = as_uint8_images(images_uint8, "generated images")
+    if len(images) < 2:
+        raise MetricsError(f"generated images: need at least 2 for a covariance, got {len(images)}")
+    reference.check_compatible(extractor)
+    feats, preds = _features_and_predictions(images, extractor)
+    mu, sigma = gaussian_stats(feats)
+    out = {"fid": frechet_distance(mu, sigma, reference.mu, reference.sigma), "n": float(len(images))}
+
+    out["class_acc"] = float("nan")
+    if labels is not None and preds is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(images):
+            raise MetricsError(f"labels: {len(labels)} labels for {len(images)} images")
+        out["class_acc"] = float((preds == labels).mean())
+
+    out["precision"] = out["recall"] = out["kid"] = float("nan")
+    real = reference.real_features
+    if real is not None and len(real) > k:
+        # equal set sizes: the k-NN balls of precision/recall depend on how many samples each set has
+        n_pr = min(len(real), len(feats))
+        out["precision"], out["recall"] = precision_recall(real[:n_pr], feats[:n_pr], k=k)
+        out["kid"] = kernel_inception_distance(real, feats, num_subsets=kid_subsets, seed=seed)
+    return out
