@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alphaflow.data.errors import DataError
+
 FASHION_MNIST_DIR = Path(os.environ.get("AFSWEEP_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
 BUILTIN_DATASETS = ("fashion-mnist", "digits")
@@ -17,7 +19,7 @@ FASHION_MNIST_CLASSES = (
 )
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(DataError):
     """A data source is missing or unreadable; the message names the path."""
 
 

@@ -1,0 +1,292 @@
+"""The training reader: shards -> normalised batches, forever, split across ranks and DataLoader workers.
+
+Every (rank, worker) pair is a "slot" that reads its own deterministic stream of samples; a slot's place in its
+stream is one integer (samples consumed), so a position is a few integers and resuming skips whole shards without
+reading them.
+
+- exact: epoch e shuffles the shard order (seed, e); the shards, each shuffled inside (seed, e, shard), are laid
+  end to end and cut into equal windows of `per_slot = floor(N / (slots * B)) * B` samples, one per slot. Every
+  slot, so every rank, gets the same number of batches per epoch (DDP never waits); the windows are disjoint and
+  cover all but the N mod (slots * B) samples left at the end of that epoch's order (a different few each epoch).
+  A window may start or end inside a shard: that shard is then read by two slots, each using its part.
+- resampled: each slot draws whole shards with replacement (probability proportional to their sample counts),
+  seeded by (seed, slot, draw), and shuffles inside each: WebDataset's resampled mode, made resumable.
+
+Batches are formed inside the workers; torch's DataLoader takes them from the workers in strict rotation, which
+the position records (`next_worker`), so a resumed loader continues with exactly the batches that would have come.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from alphaflow.data import storage
+from alphaflow.data.errors import DataError
+from alphaflow.data.manifest import Manifest, read_manifest
+from alphaflow.data.shards import DecodedShard, decode_shard, sha256_bytes
+
+log = logging.getLogger("alphaflow.data")
+
+MODES = ("resampled", "exact")
+POSITION_VERSION = 1
+
+
+class SlotPlan:
+    """Which shard samples one slot reads, as a function of its sample counter (no I/O)."""
+
+    def __init__(self, sizes: list[int], mode: str, seed: int, slot: int, num_slots: int, batch_size: int):
+        self.sizes = np.asarray(sizes, np.int64)
+        self.total = int(self.sizes.sum())
+        self.mode, self.seed, self.slot, self.num_slots = mode, int(seed), slot, num_slots
+        self.per_slot = (self.total // (num_slots * batch_size)) * batch_size
+        self._p = self.sizes / self.total
+
+    def _inner(self, epoch: int, shard: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, 1, epoch, shard]).permutation(int(self.sizes[shard]))
+
+    def segments(self, counter: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(shard index, sample indices within the shard), in stream order from stream position `counter`."""
+        if self.mode == "exact":
+            epoch, skip = divmod(counter, self.per_slot)
+            while True:
+                order = np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.sizes))
+                lo = self.slot * self.per_slot + skip
+                hi = (self.slot + 1) * self.per_slot
+                start = 0
+                for s in order:
+                    end = start + int(self.sizes[s])
+                    a, b = max(lo, start), min(hi, end)
+                    if a < b:
+                        yield int(s), self._inner(epoch, int(s))[a - start:b - start]
+                    start = end
+                    if start >= hi:
+                        break
+                epoch, skip = epoch + 1, 0
+        else:
+            draw, skip = 0, counter
+            while True:
+                rng = np.random.default_rng([self.seed, 2, self.slot, draw])
+                s = int(rng.choice(len(self.sizes), p=self._p))
+                n = int(self.sizes[s])
+                if skip >= n:
+                    skip -= n
+                else:
+                    yield s, rng.permutation(n)[skip:]
+                    skip = 0
+                draw += 1
+
+
+class _Reader:
+    """Reads and decodes whole shards (with retries, checks and an optional content-addressed local cache)."""
+
+    def __init__(self, m: Manifest, verify: str, cache_dir: str | None, on_corrupt: str):
+        self.m, self.verify, self.cache_dir, self.on_corrupt = m, verify, cache_dir, on_corrupt
+        self._last: tuple[int, DecodedShard] | None = None
+        self.skipped = 0
+
+    def _bytes(self, i: int) -> bytes:
+        rec = self.m.shards[i]
+        if self.cache_dir and storage.is_s3(rec.url):
+            from pathlib import Path
+
+            local = Path(self.cache_dir) / f"{rec.sha256}.tar"
+            if local.exists() and local.stat().st_size == rec.bytes:
+                return storage.read_bytes(str(local), rec.bytes)
+            data = storage.read_bytes(rec.url, rec.bytes)
+            if sha256_bytes(data) != rec.sha256:
+                raise DataError(f"{rec.url}: sha256 differs from the manifest's (corrupt or replaced shard)")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".{local.name}.{id(data)}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(local)
+            return data
+        data = storage.read_bytes(rec.url, rec.bytes)
+        if self.verify == "sha256" and sha256_bytes(data) != rec.sha256:
+            raise DataError(f"{rec.url}: sha256 differs from the manifest's (corrupt or replaced shard)")
+        return data
+
+    def shard(self, i: int) -> DecodedShard:
+        if self._last is not None and self._last[0] == i:
+            return self._last[1]
+        rec = self.m.shards[i]
+        d = decode_shard(self._bytes(i), rec.url, self.m.stored_shape, self.m.latent_dtype, rec.num_samples)
+        if d.corrupt:
+            if self.on_corrupt != "skip":
+                raise DataError(f"{rec.url}: corrupt sample {d.corrupt[0]} "
+                                f"({len(d.corrupt)} in this shard; on_corrupt='skip' skips them)")
+            log.warning("%s: skipping %d corrupt samples", rec.url, len(d.corrupt))
+        self._last = (i, d)
+        return d
+
+
+class _SlotStream(torch.utils.data.IterableDataset):
+    """The batches of this rank's slots; in a DataLoader worker, of the slot that worker serves."""
+
+    def __init__(self, loader: "TrainLoader"):
+        super().__init__()
+        self.m = loader.manifest
+        self.mode, self.seed, self.rank = loader.mode, loader.seed, loader.rank
+        self.nw, self.num_slots, self.batch_size = loader.slots_per_rank, loader.num_slots, loader.batch_size
+        self.counts = list(loader._counts)
+        self.shift = loader._next_worker
+        self.verify, self.cache_dir, self.on_corrupt = loader.verify, loader.cache_dir, loader.on_corrupt
+        c = self.m.image_shape[0]
+        self.mean = np.asarray(self.m.mean, np.float32).reshape(c, 1, 1)
+        self.inv_std = (1.0 / np.asarray(self.m.std, np.float32)).reshape(c, 1, 1)
+        self.in_worker = loader.num_workers > 0
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            locals_ = [(w + self.shift) % self.nw for w in range(self.nw)]  # all slots, rotated, in this process
+        else:
+            torch.set_num_threads(1)
+            locals_ = [(info.id + self.shift) % self.nw]
+        streams = [self._batches(local) for local in locals_]
+        try:
+            while True:
+                for s in streams:
+                    yield next(s)
+        except DataError as e:
+            if not self.in_worker:
+                raise
+            yield {"error": str(e)}  # torch would wrap it in a multi-line traceback; the main process re-raises
+
+    def _batches(self, local: int):
+        slot = self.rank * self.nw + local
+        plan = SlotPlan([r.num_samples for r in self.m.shards], self.mode, self.seed, slot, self.num_slots,
+                        self.batch_size)
+        reader = _Reader(self.m, self.verify, self.cache_dir, self.on_corrupt)
+        counter = self.counts[local]
+        parts: list[tuple[DecodedShard, np.ndarray]] = []
+        have = skipped = 0
+        posterior = self.m.latent_store == "posterior"
+        for shard_index, idx in plan.segments(counter):
+            d = reader.shard(shard_index)
+            pos = 0
+            while pos < len(idx):
+                take = idx[pos:pos + self.batch_size - have]
+                pos += len(take)
+                counter += len(take)
+                if d.corrupt:
+                    good = d.valid[take]
+                    skipped += int((~good).sum())
+                    take = take[good]
+                if len(take):
+                    parts.append((d, take))
+                    have += len(take)
+                if have == self.batch_size:
+                    yield self._collate(parts, local, counter, skipped, posterior)
+                    parts, have, skipped = [], 0, 0
+
+    def _collate(self, parts, local: int, counter: int, skipped: int, posterior: bool) -> dict:
+        lat = np.concatenate([d.latents[i] for d, i in parts]).astype(np.float32)
+        y = np.concatenate([d.labels[i] for d, i in parts])
+        keys = [k for d, i in parts for k in (d.keys[j] for j in i)]
+        if posterior:  # a fresh draw from the stored posterior, seeded by where we are in the stream
+            c = lat.shape[1] // 2
+            eps = np.random.default_rng([self.seed, 3, self.rank * self.nw + local, counter]).standard_normal(
+                lat[:, :c].shape, dtype=np.float32)
+            lat = lat[:, :c] + np.exp(0.5 * lat[:, c:]) * eps
+        lat -= self.mean
+        lat *= self.inv_std
+        return {"x": torch.from_numpy(lat), "y": torch.from_numpy(y), "keys": keys, "local": local,
+                "counter": counter, "skipped": skipped}
+
+
+class TrainLoader:
+    """An endless iterable of (x float32 (B, C, H, W) normalised, y int64 (B,)) for one rank.
+
+    `position()` is a JSON-able dict; `make_train_loader(..., position=p)` continues with the next unseen sample.
+    `last_keys` holds the sample keys of the batch yielded last.
+    """
+
+    def __init__(self, url: str, batch_size: int, rank: int, world_size: int, seed: int, mode: str,
+                 num_workers: int, position: dict | None, on_corrupt: str, verify: str, cache_dir: str | None,
+                 prefetch: int):
+        if mode not in MODES:
+            raise DataError(f"data mode {mode!r}: expected one of {', '.join(MODES)}")
+        if on_corrupt not in ("raise", "skip"):
+            raise DataError(f"on_corrupt {on_corrupt!r}: expected raise or skip")
+        if verify not in ("size", "sha256"):
+            raise DataError(f"verify {verify!r}: expected size or sha256")
+        if not (0 <= rank < world_size) or batch_size < 1 or num_workers < 0:
+            raise DataError(f"loader: bad rank {rank} / world_size {world_size} / batch_size {batch_size} / "
+                            f"num_workers {num_workers}")
+        storage.register_gopen()
+        self.url = url
+        self.manifest = read_manifest(url)
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, int(seed)
+        self.mode, self.num_workers, self.prefetch = mode, num_workers, prefetch
+        self.on_corrupt, self.verify, self.cache_dir = on_corrupt, verify, cache_dir
+        self.slots_per_rank = max(1, num_workers)
+        self.num_slots = world_size * self.slots_per_rank
+        n = self.manifest.num_samples
+        if mode == "exact" and n < self.num_slots * batch_size:
+            raise DataError(f"{self.manifest.url}: {n} samples cannot fill one batch of {batch_size} on each of "
+                            f"{world_size} ranks x {self.slots_per_rank} loader workers")
+        self._counts = [0] * self.slots_per_rank
+        self._next_worker = 0
+        self.skipped = 0
+        self.last_keys: list[str] = []
+        if position is not None:
+            self._restore(position)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches each rank yields per epoch (exact mode: one pass; resampled: N / global batch)."""
+        if self.mode == "exact":
+            return (self.manifest.num_samples // (self.num_slots * self.batch_size)) * self.slots_per_rank
+        return max(1, self.manifest.num_samples // (self.world_size * self.batch_size))
+
+    def position(self) -> dict:
+        return {"version": POSITION_VERSION, "mode": self.mode, "seed": self.seed, "rank": self.rank,
+                "world_size": self.world_size, "num_workers": self.num_workers, "batch_size": self.batch_size,
+                "num_samples": self.manifest.num_samples, "counts": list(self._counts),
+                "next_worker": self._next_worker, "skipped": self.skipped}
+
+    def _restore(self, p: dict) -> None:
+        where = f"{self.manifest.url}: saved loader position"
+        if not isinstance(p, dict) or p.get("version") != POSITION_VERSION:
+            raise DataError(f"{where} is not a position of this loader version")
+        now = {"mode": self.mode, "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+               "num_workers": self.num_workers, "batch_size": self.batch_size,
+               "num_samples": self.manifest.num_samples}
+        for k, v in now.items():
+            if p.get(k) != v:
+                raise DataError(f"{where} has {k}={p.get(k)!r}, this loader {k}={v!r} (resume needs the same)")
+        self._counts = [int(c) for c in p["counts"]]
+        self._next_worker = int(p["next_worker"])
+        self.skipped = int(p.get("skipped", 0))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ds = _SlotStream(self)
+        if self.num_workers == 0:
+            items = iter(ds)
+        else:
+            items = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                                                     prefetch_factor=self.prefetch, persistent_workers=False))
+        for item in items:
+            if "error" in item:
+                raise DataError(item["error"])
+            local = item["local"]
+            self._counts[local] = item["counter"]
+            self._next_worker = (local + 1) % self.slots_per_rank
+            self.skipped += item["skipped"]
+            if item["skipped"]:
+                log.warning("%s: %d corrupt samples skipped so far on rank %d", self.url, self.skipped, self.rank)
+            self.last_keys = item["keys"]
+            yield item["x"], item["y"]
+
+
+def make_train_loader(url: str, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                      mode: str = "resampled", num_workers: int = 0, position: dict | None = None, *,
+                      on_corrupt: str = "raise", verify: str = "size", cache_dir: str | None = None,
+                      prefetch: int = 2) -> TrainLoader:
+    """The training batches of one rank, forever. See the module docstring for how samples are split."""
+    return TrainLoader(url, batch_size, rank, world_size, seed, mode, num_workers, position, on_corrupt, verify,
+                       cache_dir, prefetch)

@@ -1,0 +1,267 @@
+"""WebDataset tar shards of latents: writing them (rolling at a target size) and decoding a whole shard at once.
+
+A sample is two tar members, `<key>.npy` (the latent, float16 or float32, shape (C, H, W)) and `<key>.cls` (the
+class label as ASCII digits): the standard WebDataset layout, so `webdataset.WebDataset(url)` reads them too.
+Decoding parses the tar headers directly from the shard's bytes (tarfile costs ~20 us a member; this loop costs a
+few), and reuses the parsed .npy header, which is identical for every sample of a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from alphaflow.data import storage
+from alphaflow.data.errors import DataError
+
+log = logging.getLogger("alphaflow.data")
+
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+
+@dataclass
+class ShardRecord:
+    """One row of the manifest."""
+    url: str                 # relative to the manifest's folder when written by us
+    num_samples: int
+    bytes: int
+    sha256: str
+    class_counts: list[int]
+
+
+def npy_header(dtype, shape) -> bytes:
+    """The .npy header (format 1.0) of a C-order array, computed once per data set."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                               "shape": tuple(int(s) for s in shape)})
+    return buf.getvalue()
+
+
+class ShardSink:
+    """Writes samples into tar shards of about `shard_bytes` each under `dest` (a folder or s3:// prefix).
+
+    Shards are always written to a local file first; for S3 each finished shard is uploaded (and verified), then
+    deleted locally, so a partly written shard is never visible at the destination.
+    """
+
+    def __init__(self, dest: str, shard_bytes: int, num_classes: int, progress=None):
+        import webdataset as wds
+
+        self._wds = wds
+        self.dest = dest
+        self.shard_bytes = max(int(shard_bytes), 1)
+        self.num_classes = num_classes
+        self.records: list[ShardRecord] = []
+        self.progress = progress
+        self._tmpdir = tempfile.mkdtemp(prefix="afsweep-shards-") if storage.is_s3(dest) else None
+        if not storage.is_s3(dest):
+            Path(dest).mkdir(parents=True, exist_ok=True)
+        self._writer = None
+        self._file = None
+        self._count = 0
+        self._classes = np.zeros(num_classes, np.int64)
+        self._header_cache: dict = {}
+
+    def _local_path(self, index: int) -> Path:
+        return Path(self._tmpdir or self.dest) / SHARD_PATTERN.format(index)
+
+    def _open(self) -> None:
+        self._path = self._local_path(len(self.records))
+        self._file = open(self._path, "wb")
+        # a fixed mtime makes the shards, and so their sha256, reproducible
+        self._writer = self._wds.TarWriter(self._file, encoder=False, mtime=0)
+        self._count = 0
+        self._classes[:] = 0
+
+    def write(self, latents: np.ndarray, labels: np.ndarray, keys: list[str]) -> None:
+        """A batch of samples: latents (n, C, H, W) in their stored dtype, labels (n,), keys (n,)."""
+        hkey = (latents.dtype.str, latents.shape[1:])
+        header = self._header_cache.get(hkey) or self._header_cache.setdefault(hkey, npy_header(*hkey))
+        for lat, lab, key in zip(latents, labels, keys):
+            if self._writer is None:
+                self._open()
+            self._writer.write({"__key__": key, "npy": header + np.ascontiguousarray(lat).tobytes(),
+                                "cls": str(int(lab)).encode()})
+            self._count += 1
+            self._classes[int(lab)] += 1
+            if self._file.tell() >= self.shard_bytes:
+                self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        self._writer.close()
+        self._file.close()
+        self._writer = None
+        name = self._path.name
+        size = self._path.stat().st_size
+        sha = storage.file_sha256(self._path)
+        if self._tmpdir:
+            storage.upload_file(self._path, storage.join(self.dest, name))
+            self._path.unlink()
+        self.records.append(ShardRecord(name, self._count, size, sha, self._classes.tolist()))
+        if self.progress:
+            self.progress("shards", len(self.records), 0)
+
+    def close(self) -> list[ShardRecord]:
+        if self._writer is not None and self._count:
+            self._finish_shard()
+        elif self._writer is not None:
+            self._writer.close()
+            self._file.close()
+            self._path.unlink()
+        if self._tmpdir:
+            os.rmdir(self._tmpdir)
+        return self.records
+
+
+# --- decoding -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecodedShard:
+    keys: list[str]
+    latents: np.ndarray      # (n, C, H, W) stored dtype
+    labels: np.ndarray       # (n,) int64
+    valid: np.ndarray        # (n,) bool: False for a corrupt sample
+    corrupt: list[str] = field(default_factory=list)   # "key: why" for each corrupt sample
+
+
+def _checksum_ok(header: bytes) -> bool:
+    try:
+        return sum(header[:148]) + 256 + sum(header[156:]) == int(header[148:156].strip(b" \0") or b"-1", 8)
+    except ValueError:
+        return False
+
+
+def _tar_members(data: bytes, url: str):
+    """(name, offset, size) of each regular file in a tar held in memory; a damaged tar is an error naming url."""
+    n = len(data)
+    off = 0
+    while off + 512 <= n:
+        header = data[off:off + 512]
+        if header[0] == 0 and header.count(0) == 512:
+            return  # end-of-archive blocks
+        name = header[:100].split(b"\0", 1)[0]
+        prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+        if prefix:
+            name = prefix + b"/" + name
+        try:
+            size = int(header[124:136].strip(b" \0") or b"0", 8)
+        except ValueError:
+            raise DataError(f"{url}: corrupt tar header at byte {off}") from None
+        if off == 0 and not _checksum_ok(header):  # per-header checksums cost more than the rest of the loop
+            raise DataError(f"{url}: not a tar file (bad header checksum)")
+        start = off + 512
+        if start + size > n:
+            raise DataError(f"{url}: truncated tar member {name.decode(errors='replace')} "
+                            f"({n - start} of {size} bytes)")
+        kind = header[156:157]
+        if kind in (b"0", b"\0"):
+            yield name.decode("utf-8", errors="replace"), start, size
+        off = start + (size + 511) // 512 * 512
+    if off < n and data[off:].count(0) != n - off:
+        raise DataError(f"{url}: truncated tar (ends inside a header)")
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _npy_layout(data: bytes, start: int, size: int, cache: dict):
+    """(dtype, shape, data offset) of an .npy member; None if it is not a valid C-order .npy."""
+    if size < 10 or data[start:start + 6] != _NPY_MAGIC:
+        return None
+    major = data[start + 6]
+    if major == 1:
+        hlen, first = struct.unpack_from("<H", data, start + 8)[0], start + 10
+    elif major in (2, 3):
+        hlen, first = struct.unpack_from("<I", data, start + 8)[0], start + 12
+    else:
+        return None
+    header = bytes(data[start:first + hlen])
+    parsed = cache.get(header)
+    if parsed is None:
+        import io
+
+        try:
+            f = io.BytesIO(header)
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+        except Exception:
+            return None
+        if fortran or dtype.hasobject:
+            return None
+        parsed = cache[header] = (dtype, tuple(shape))
+    dtype, shape = parsed
+    if size - (first + hlen - start) != dtype.itemsize * int(np.prod(shape)):
+        return None
+    return dtype, shape, first + hlen
+
+
+def decode_shard(data: bytes, url: str, sample_shape: tuple[int, ...], dtype, expected: int | None = None) -> DecodedShard:
+    """All samples of one shard. A damaged tar or a sample count other than `expected` raises DataError; a sample
+    whose .npy or .cls is missing or unreadable, or has another shape, is marked invalid (the caller decides)."""
+    dtype = np.dtype(dtype)
+    cap = expected if expected is not None else max(1, len(data) // (dtype.itemsize * int(np.prod(sample_shape)) + 1024))
+    latents = np.zeros((cap, *sample_shape), dtype)
+    labels = np.zeros(cap, np.int64)
+    valid = np.zeros(cap, bool)
+    keys: list[str] = []
+    corrupt: list[str] = []
+    cache: dict = {}
+    flat = latents.reshape(cap, -1)
+    count = int(np.prod(sample_shape))
+    cur_key, have_npy, have_cls, ok = None, False, False, True
+
+    def close_sample():
+        i = len(keys) - 1
+        if have_npy and have_cls and ok:
+            valid[i] = True
+        else:
+            why = "unreadable member" if not ok else ("no .npy" if not have_npy else "no .cls")
+            corrupt.append(f"{cur_key}: {why}")
+
+    for name, start, size in _tar_members(data, url):
+        base = name.rsplit("/", 1)[-1]
+        dot = base.find(".")
+        key = name[: len(name) - len(base) + dot] if dot >= 0 else name
+        ext = base[dot + 1:] if dot >= 0 else ""
+        if key != cur_key:
+            if cur_key is not None:
+                close_sample()
+            keys.append(key)
+            if len(keys) > cap:
+                raise DataError(f"{url}: more samples than the manifest's {expected}")
+            cur_key, have_npy, have_cls, ok = key, False, False, True
+        i = len(keys) - 1
+        if ext == "npy":
+            layout = _npy_layout(data, start, size, cache)
+            if layout is None or layout[1] != tuple(sample_shape):
+                ok = False
+                continue
+            flat[i] = np.frombuffer(data, layout[0], count, layout[2])  # casts to the stored dtype if needed
+            have_npy = True
+        elif ext == "cls":
+            try:
+                labels[i] = int(data[start:start + size])
+                have_cls = True
+            except ValueError:
+                ok = False
+    if cur_key is not None:
+        close_sample()
+    n = len(keys)
+    if expected is not None and n != expected:
+        raise DataError(f"{url}: {n} samples, the manifest says {expected}")
+    return DecodedShard(keys, latents[:n], labels[:n], valid[:n], corrupt)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,275 @@
+"""Where the bytes live: local paths and s3://bucket/key URLs behind one small API.
+
+S3 settings come from the standard AWS chain (environment, AWS_PROFILE, ~/.aws, AWS_ENDPOINT_URL); nothing here
+ever writes or logs a credential. One boto3 client per process (clients are not fork-safe). Transient errors
+(connection resets, timeouts, 5xx, throttling) are retried with exponential backoff; everything else becomes a
+one-line DataError naming the URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from alphaflow.data.errors import DataError
+
+RETRIES = int(os.environ.get("AFSWEEP_S3_RETRIES", "6"))
+BACKOFF_S = float(os.environ.get("AFSWEEP_S3_BACKOFF_S", "0.25"))
+MULTIPART_CHUNK = 64 * 1024 * 1024   # part size of multipart uploads; also used to predict their ETag
+
+_clients: dict[int, object] = {}      # pid -> boto3 client
+
+
+# --- URLs ---------------------------------------------------------------------------------------------------------
+
+
+def is_s3(url: str) -> bool:
+    return str(url).startswith("s3://")
+
+
+def split_s3(url: str) -> tuple[str, str]:
+    p = urlparse(url)
+    if p.scheme != "s3" or not p.netloc:
+        raise DataError(f"{url}: not an s3://bucket/key URL")
+    return p.netloc, p.path.lstrip("/")
+
+
+def join(base: str, name: str) -> str:
+    """base/name for a local folder or an s3:// prefix; an absolute name or URL is returned as is."""
+    if is_s3(name) or os.path.isabs(name):
+        return name
+    if is_s3(base):
+        return base.rstrip("/") + "/" + name
+    return str(Path(base) / name)
+
+
+def parent(url: str) -> str:
+    if is_s3(url):
+        return url.rsplit("/", 1)[0]
+    return str(Path(url).resolve().parent)
+
+
+# --- S3 client and errors -----------------------------------------------------------------------------------------
+
+
+def s3_client():
+    """This process's boto3 S3 client (created on first use; a forked child makes its own)."""
+    pid = os.getpid()
+    client = _clients.get(pid)
+    if client is None:
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session()
+        custom_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+        style = os.environ.get("AFSWEEP_S3_ADDRESSING", "path" if custom_endpoint else "auto")
+        config = Config(region_name=session.region_name or "us-east-1", s3={"addressing_style": style},
+                        retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=120)
+        client = session.client("s3", config=config)
+        _clients.clear()
+        _clients[pid] = client
+    return client
+
+
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
+               "ExpiredToken", "AuthorizationHeaderMalformed"}
+_MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+_TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "SlowDown", "ServiceUnavailable", "Throttling",
+                    "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"}
+
+
+def _is_transient(e: BaseException) -> bool:
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, ReadTimeoutError
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    if isinstance(e, ClientError):
+        return str(e.response.get("Error", {}).get("Code", "")) in _TRANSIENT_CODES
+    name = type(e).__name__
+    return isinstance(e, (BotoConnectionError, ReadTimeoutError, Urllib3Error, ConnectionError, TimeoutError)) \
+        or name in ("IncompleteReadError", "ResponseStreamingError", "IncompleteRead")
+
+
+def _one_line(url: str, e: BaseException) -> DataError:
+    """The DataError for a failed S3 call: what went wrong and where, never a credential."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(e, NoCredentialsError):
+        return DataError(f"{url}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)")
+    if isinstance(e, EndpointConnectionError):
+        return DataError(f"{url}: cannot reach the S3 endpoint {e.kwargs.get('endpoint_url', '')} "
+                         f"(check AWS_ENDPOINT_URL)")
+    if isinstance(e, ClientError):
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code == "NoSuchBucket":
+            return DataError(f"{url}: bucket {split_s3(url)[0]!r} does not exist")
+        if code in _MISSING_KEY:
+            return DataError(f"{url}: not found")
+        if code in _AUTH_CODES:
+            return DataError(f"{url}: access denied by S3 ({code}; check the AWS credentials and the bucket policy)")
+        return DataError(f"{url}: S3 error {code}")
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return DataError(f"{url}: {type(e).__name__} {msg}".rstrip())
+
+
+def _with_retries(url: str, fn):
+    """fn() with exponential backoff on transient errors; other errors become one-line DataErrors."""
+    delay = BACKOFF_S
+    for attempt in range(RETRIES + 1):
+        try:
+            return fn()
+        except DataError:
+            raise
+        except Exception as e:
+            if attempt == RETRIES or not _is_transient(e):
+                raise _one_line(url, e) from None
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 10.0)
+
+
+def _check_bucket(url: str, client) -> None:
+    """Tell a missing bucket from a missing key (some servers answer a bare 404 for both)."""
+    bucket, _ = split_s3(url)
+    try:
+        client.head_bucket(Bucket=bucket)
+    except Exception as e:
+        from botocore.exceptions import ClientError
+
+        if isinstance(e, ClientError) and str(e.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchBucket"):
+            raise DataError(f"{url}: bucket {bucket!r} does not exist") from None
+        raise _one_line(url, e) from None
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+
+
+def read_bytes(url: str, expected_size: int | None = None) -> bytes:
+    """The whole object or file. A size that differs from expected_size is an error naming the URL."""
+    if is_s3(url):
+        bucket, key = split_s3(url)
+        client = s3_client()
+
+        def get() -> bytes:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            try:
+                data = body.read()
+            finally:
+                body.close()
+            if expected_size is not None and len(data) != expected_size and len(data) < expected_size:
+                raise ConnectionError(f"short read ({len(data)} of {expected_size} bytes)")  # retried
+            return data
+
+        try:
+            data = _with_retries(url, get)
+        except DataError as e:
+            if str(e).endswith(": not found"):
+                _check_bucket(url, client)
+            raise
+    else:
+        try:
+            with open(url, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise DataError(f"{url}: not found") from None
+        except OSError as e:
+            raise DataError(f"{url}: cannot read ({e.strerror})") from None
+    if expected_size is not None and len(data) != expected_size:
+        raise DataError(f"{url}: size {len(data)} bytes, the manifest says {expected_size} (truncated or replaced)")
+    return data
+
+
+def exists(url: str) -> bool:
+    if not is_s3(url):
+        return Path(url).exists()
+    bucket, key = split_s3(url)
+    client = s3_client()
+    try:
+        _with_retries(url, lambda: client.head_object(Bucket=bucket, Key=key))
+        return True
+    except DataError as e:
+        if str(e).endswith(": not found"):
+            return False
+        raise
+
+
+def open_stream(url: str, mode: str = "rb", bufsize: int = 8192, **_):
+    """A readable binary stream (the gopen handler for s3:// URLs: WebDataset pipelines can read our shards)."""
+    if mode != "rb":
+        raise DataError(f"{url}: writing s3:// streams is not supported (write locally, then upload_file)")
+    if not is_s3(url):
+        return open(url, "rb")
+    return io.BytesIO(read_bytes(url))
+
+
+def register_gopen() -> None:
+    """Teach webdataset.gopen the s3:// scheme, in this process (WebDataset 1.0.2 has no handler for it)."""
+    import importlib
+
+    importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = open_stream
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _expected_etag(path: str | Path, size: int) -> str:
+    """S3's ETag of an unencrypted upload: md5 of a single part, or md5 of the part md5s + '-N' for multipart."""
+    with open(path, "rb") as f:
+        if size < MULTIPART_CHUNK:
+            return hashlib.md5(f.read()).hexdigest()
+        digests = []
+        while block := f.read(MULTIPART_CHUNK):
+            digests.append(hashlib.md5(block).digest())
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+
+
+def upload_file(local_path: str | Path, url: str) -> None:
+    """Copy a local file to url (a path or s3://). S3 uploads go multipart above MULTIPART_CHUNK and are verified
+    afterwards by size and ETag; a mismatch is an error naming the URL."""
+    local_path = Path(local_path)
+    if not is_s3(url):
+        dest = Path(url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.resolve() != local_path.resolve():
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            tmp.write_bytes(local_path.read_bytes())
+            os.replace(tmp, dest)
+        return
+    from boto3.s3.transfer import TransferConfig
+
+    bucket, key = split_s3(url)
+    client = s3_client()
+    size = local_path.stat().st_size
+    config = TransferConfig(multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK)
+    _with_retries(url, lambda: client.upload_file(str(local_path), bucket, key, Config=config))
+    head = _with_retries(url, lambda: client.head_object(Bucket=bucket, Key=key))
+    if int(head["ContentLength"]) != size:
+        raise DataError(f"{url}: uploaded {head['ContentLength']} bytes, the local file has {size}")
+    etag = str(head.get("ETag", "")).strip('"')
+    if etag and etag != _expected_etag(local_path, size):
+        raise DataError(f"{url}: ETag {etag} does not match the local file's content (upload corrupted)")
+
+
+def upload_bytes(data: bytes, url: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="afsweep-up-") as tmp:
+        p = Path(tmp) / "blob"
+        p.write_bytes(data)
+        upload_file(p, url)
+
+
+def check_destination(url: str) -> None:
+    """Fail before any work if an s3:// destination's bucket is missing or the credentials are refused."""
+    if is_s3(url):
+        _check_bucket(url, s3_client())
