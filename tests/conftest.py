@@ -1,7 +1,3 @@
-"""Fixtures shared across test modules live in their own files; this file only makes them visible to pytest."""
+"""Shared pytest fixtures. The SeaweedFS S3 server fixture lives in tests/s3_fixtures.py."""
 
-import torch
-
-from tests.shared_data import fashion_manifest  # noqa: F401
-
-torch.set_num_threads(2)  # the test machine has 2 cores; keep each test's torch from oversubscribing them
+pytest_plugins = ["tests.s3_fixtures"]

@@ -58,6 +58,11 @@ def parent(url: str) -> str:
 # --- S3 client and errors -----------------------------------------------------------------------------------------
 
 
+def reset_clients() -> None:
+    """Forget this process's client (after changing AWS_* settings in the environment)."""
+    _clients.clear()
+
+
 def s3_client():
     """This process's boto3 S3 client (created on first use; a forked child makes its own)."""
     pid = os.getpid()
@@ -84,10 +89,19 @@ _TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "SlowDown", "Se
                     "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"}
 
 
+def _cause(e: BaseException) -> BaseException:
+    """boto3's transfer manager wraps the real error (S3UploadFailedError); look through it."""
+    from boto3.exceptions import S3UploadFailedError
+
+    inner = e.__cause__ or e.__context__
+    return inner if isinstance(e, S3UploadFailedError) and inner is not None else e
+
+
 def _is_transient(e: BaseException) -> bool:
     from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, ReadTimeoutError
     from urllib3.exceptions import HTTPError as Urllib3Error
 
+    e = _cause(e)
     if isinstance(e, ClientError):
         return str(e.response.get("Error", {}).get("Code", "")) in _TRANSIENT_CODES
     name = type(e).__name__
@@ -99,6 +113,7 @@ def _one_line(url: str, e: BaseException) -> DataError:
     """The DataError for a failed S3 call: what went wrong and where, never a credential."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+    e = _cause(e)
     if isinstance(e, NoCredentialsError):
         return DataError(f"{url}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)")
     if isinstance(e, EndpointConnectionError):
