@@ -236,7 +236,8 @@ def status(sweep_name, experiment, tracking_uri, as_json, run_dir):
                    f"{_fmt(t['fid1_best']):>9} {_fmt(t['wall_s'], 0):>8} {_fmt(t['cpu_s'], 0):>8}")
     if rows["best"]:
         click.echo(f"best so far: {rows['best']['name']} fid1_best = {rows['best']['fid1_best']:.3f}")
-    click.echo(f"cost: {rows['total_wall_s']:.0f} trial-wall-seconds, {rows['total_cpu_s']:.0f} CPU-seconds")
+    click.echo(f"cost: {rows['total_wall_s']:.0f} trial-wall-seconds, {rows['total_cpu_s']:.0f} CPU-seconds, "
+               f"{rows['total_gpu_s']:.0f} GPU-seconds")
 
 
 def _fmt(v, digits: int = 3) -> str:

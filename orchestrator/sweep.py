@@ -329,7 +329,7 @@ def _finish(client, spec: SweepSpec, sweep_name: str, parent_run_id: str, tracki
             outcome.untrained_fid1 = start[0]
             summary["untrained_fid1"] = start[0]
         client.set_tag(parent_run_id, "afsweep.best_run_id", outcome.best.run_id)
-    cost = _sum_trial_metric(client, experiment_id, sweep_name, ("cpu_s", "wall_s"))
+    cost = _sum_trial_metric(client, experiment_id, sweep_name, ("cpu_s", "gpu_s", "wall_s"))
     summary.update({f"trials_total_{k}": v for k, v in cost.items()})
     for k, v in summary.items():
         client.log_metric(parent_run_id, k, float(v))

@@ -184,12 +184,13 @@ def sweep_status(client: MlflowClient, experiment_id: str, sweep: str | None) ->
         trials.append({"name": r.info.run_name, "run_id": r.info.run_id, "state": state,
                        "step": m.get("fid1_best_step") if "step" not in m else m["step"],
                        "fid1": m.get("fid1"), "fid1_best": m.get("fid1_best"), "fid2_best": m.get("fid2_best"),
-                       "wall_s": m.get("wall_s"), "cpu_s": m.get("cpu_s")})
+                       "wall_s": m.get("wall_s"), "cpu_s": m.get("cpu_s"), "gpu_s": m.get("gpu_s")})
     scored = [t for t in trials if t["fid1_best"] is not None]
     best = min(scored, key=lambda t: t["fid1_best"]) if scored else None
     return {"sweep": sweep, "state": client.get_run(parent).info.status, "trials": trials, "counts": counts,
             "best": best, "total_wall_s": sum(t["wall_s"] or 0 for t in trials),
-            "total_cpu_s": sum(t["cpu_s"] or 0 for t in trials)}
+            "total_cpu_s": sum(t["cpu_s"] or 0 for t in trials),
+            "total_gpu_s": sum(t["gpu_s"] or 0 for t in trials)}
 
 
 def registered_uri_for_run(client: MlflowClient, run_id: str) -> str | None:

@@ -81,6 +81,8 @@ def run_trial(config: dict[str, Any]) -> None:
             name=f"train-{trial_id}",  # deterministic: a resumed trial finds its own Train run
             storage_path=s["train_storage"],
             callbacks=[TuneReportCallback()],
+            # a resumed trial needs only the latest; the best EMA weights are in MLflow already
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
     trainer.fit()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -114,7 +115,10 @@ def train_loop(config: dict[str, Any]) -> None:
                 best["fid2"], best["fid2_step"] = m["fid2"], step
             m.update(fid1_best=best["fid1"], fid2_best=best["fid2"], fid1_best_step=best["fid1_step"],
                      fid2_best_step=best["fid2_step"])
-            m.update(step=step, wall_s=time.time() - wall0, cpu_s=(_cpu_seconds() - cpu0) * world)
+            wall = time.time() - wall0
+            # rank 0's CPU time stands for every rank's (they run the same loop); GPU-seconds are held GPU time
+            m.update(step=step, wall_s=wall, cpu_s=(_cpu_seconds() - cpu0) * world,
+                     gpu_s=wall * world if torch.cuda.is_available() else 0.0)
             log.metrics(m, step)
             with tempfile.TemporaryDirectory() as tmp:
                 grid = Path(tmp) / f"step{step:07d}_nfe1.png"
@@ -130,6 +134,8 @@ def train_loop(config: dict[str, Any]) -> None:
             metrics.update(m)
             metrics["loss"] = running.get("loss", float("nan")) / max(n_running, 1) if n_running else float("nan")
         ray.train.report(metrics, checkpoint=checkpoint)
+        if checkpoint is not None:  # report() has copied it into the run's storage
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     if trainer.step == 0 and config.get("eval_at_start", True):
         evaluate_and_report(0)  # the untrained model's score, the baseline every trial is compared with
