@@ -92,8 +92,13 @@ class ReferenceStats:
             if self.preprocess and self.preprocess != extractor.preprocess:
                 raise IncompatibleReferenceError(f"{where}: preprocessing '{self.preprocess}' differs from the "
                                                  f"extractor's '{extractor.preprocess}'")
-        if dataset_id and self.dataset_id and self.dataset_id != dataset_id:
+        # ids may name a split ("fashion-mnist:test" for a model trained on "fashion-mnist:train"): compare sets
+        if dataset_id and self.dataset_id and _base(self.dataset_id) != _base(dataset_id):
             raise IncompatibleReferenceError(f"{where}: statistics of data set {self.dataset_id}, not {dataset_id}")
+
+
+def _base(dataset_id: str) -> str:
+    return dataset_id.split(":")[0]
 
 
 def compute_reference_stats(images_uint8, extractor_id, dataset_id: str, batch_size: int = 500,
