@@ -270,17 +270,25 @@ class TrainLoader:
         else:
             items = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                                                      prefetch_factor=self.prefetch, persistent_workers=False))
-        for item in items:
-            if "error" in item:
-                raise DataError(item["error"])
-            local = item["local"]
-            self._counts[local] = item["counter"]
-            self._next_worker = (local + 1) % self.slots_per_rank
-            self.skipped += item["skipped"]
-            if item["skipped"]:
-                log.warning("%s: %d corrupt samples skipped so far on rank %d", self.url, self.skipped, self.rank)
-            self.last_keys = item["keys"]
-            yield item["x"], item["y"]
+        try:
+            for item in items:
+                if "error" in item:
+                    raise DataError(item["error"])
+                local = item["local"]
+                self._counts[local] = item["counter"]
+                self._next_worker = (local + 1) % self.slots_per_rank
+                self.skipped += item["skipped"]
+                if item["skipped"]:
+                    log.warning("%s: %d corrupt samples skipped so far on rank %d", self.url, self.skipped,
+                                self.rank)
+                self.last_keys = item["keys"]
+                yield item["x"], item["y"]
+        finally:
+            # stop the workers now: a traceback that keeps this frame alive would otherwise keep them (and their
+            # queue threads) running until interpreter exit
+            shutdown = getattr(items, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
 
 def make_train_loader(url: str, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,

@@ -153,12 +153,12 @@ def _tar_members(data: bytes, url: str):
         prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
         if prefix:
             name = prefix + b"/" + name
+        if off == 0 and not _checksum_ok(header):  # per-header checksums cost more than the rest of the loop
+            raise DataError(f"{url}: not a tar file (bad header checksum)")
         try:
             size = int(header[124:136].strip(b" \0") or b"0", 8)
         except ValueError:
             raise DataError(f"{url}: corrupt tar header at byte {off}") from None
-        if off == 0 and not _checksum_ok(header):  # per-header checksums cost more than the rest of the loop
-            raise DataError(f"{url}: not a tar file (bad header checksum)")
         start = off + 512
         if start + size > n:
             raise DataError(f"{url}: truncated tar member {name.decode(errors='replace')} "
@@ -167,8 +167,7 @@ def _tar_members(data: bytes, url: str):
         if kind in (b"0", b"\0"):
             yield name.decode("utf-8", errors="replace"), start, size
         off = start + (size + 511) // 512 * 512
-    if off < n and data[off:].count(0) != n - off:
-        raise DataError(f"{url}: truncated tar (ends inside a header)")
+    raise DataError(f"{url}: truncated tar (no end-of-archive marker after byte {min(off, n)})")
 
 
 _NPY_MAGIC = b"\x93NUMPY"
