@@ -114,7 +114,9 @@ def schedules_png(plan: Plan, path: str | Path, max_lines: int = 8) -> str:
 
     from alphaflow.schedules import schedule_value
     from alphaflow.timesteps import expected_one_minus_dt
-    from alphaflow.weights import beta_weight, beta_progress
+    import torch
+
+    from alphaflow.weights import beta_weight, progress_s
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for i, cfg in enumerate(plan.configs[:max_lines]):
@@ -125,8 +127,8 @@ def schedules_png(plan: Plan, path: str | Path, max_lines: int = 8) -> str:
             lam = 1.0 / expected_one_minus_dt(cfg.time)
             dt = np.linspace(0, 1, 50)
             for frac, style in ((0.0, "-"), (0.5, "--"), (1.0, ":")):
-                s = beta_progress(int(frac * cfg.total_steps), cfg.total_steps, cfg.loss.beta_k)
-                axes[2].plot(dt, [beta_weight(d, s, lam) for d in dt], style, color=f"C{i}",
+                s = progress_s(frac, cfg.loss.beta_k)
+                axes[2].plot(dt, beta_weight(torch.from_numpy(dt), s, lam).numpy(), style, color=f"C{i}",
                              label=f"trial {i}, {int(frac * 100)}% of training")
     for r in plan.rungs:
         for ax in axes[:2]:

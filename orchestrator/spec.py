@@ -92,6 +92,14 @@ class DataSpec(_Strict):
     mode: Literal["resampled", "exact"] = "resampled"
     loader_workers: int = Field(0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _manifest_replaces_default_dataset(cls, data):
+        # `data: {manifest: URL}` means "not the default built-in data set", without having to write dataset: null
+        if isinstance(data, dict) and data.get("manifest") is not None and "dataset" not in data:
+            data = {**data, "dataset": None}
+        return data
+
 
 class BaseSpec(_Strict):
     preset: str = "tiny-cpu"
