@@ -45,9 +45,9 @@ class ViTConfig:
 
     @property
     def name(self) -> str:
-        sizes = {384: "s", 768: "b", 1024: "l", 1536: "g"}
-        reg = f"_reg{self.num_registers}" if self.num_registers else ""
-        return f"dinov2-vit{sizes.get(self.embed_dim, str(self.embed_dim))}{self.patch_size}{reg}"
+        size = {384: "s", 768: "b", 1024: "l", 1536: "g"}.get(self.embed_dim)
+        arch = f"vit{size}{self.patch_size}" if size else f"vit-d{self.embed_dim}-p{self.patch_size}"
+        return f"dinov2-{arch}" + (f"-reg{self.num_registers}" if self.num_registers else "")
 
 
 class _LayerScale(nn.Module):
@@ -195,9 +195,13 @@ class DINOv2Extractor(FeatureExtractor):
         self.cfg = config_from_state_dict(sd, input_size)
         self.net = DINOv2ViT(self.cfg)
         try:
-            self.net.load_state_dict(sd)
-        except RuntimeError as e:
-            raise MetricsError(f"{path}: tensors do not fit {self.cfg.name} ({str(e).splitlines()[0]})") from None
+            result = self.net.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # shape mismatches; the first line of torch's message is only a header
+            lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln] or [str(e).splitlines()[0]]
+            raise MetricsError(f"{path}: tensors do not fit {self.cfg.name}: {lines[0]}") from None
+        if result.missing_keys or result.unexpected_keys:
+            raise MetricsError(f"{path}: tensors do not fit {self.cfg.name}: missing {result.missing_keys[:3]}, "
+                               f"unexpected {result.unexpected_keys[:3]}")
         self.net.eval()
         self.sha256 = file_sha256(path)
         self.id = self.cfg.name
