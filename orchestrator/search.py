@@ -40,18 +40,21 @@ def suggest(trial: optuna.Trial, key: str, dist) -> Any:
     raise TypeError(f"unknown distribution {dist!r}")
 
 
-def define_by_run(spec: SweepSpec) -> Callable[[optuna.Trial], dict[str, Any]]:
+class DefineByRun:
     """The Optuna define-by-run function: conditional parameters exist only when their condition holds.
 
     Parameters are drawn in spec order, so a condition may refer to any parameter listed before it.
-    Fixed values are returned as constants (Optuna does not search them).
+    Fixed values are returned as constants (Optuna does not search them). A class, not a closure: Tune pickles the
+    searcher into the experiment checkpoint that `afsweep resume` restores.
     """
-    space = spec.search.space
 
-    def _define(trial: optuna.Trial) -> dict[str, Any]:
+    def __init__(self, space: dict[str, Any]):
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         params: dict[str, Any] = {}
         constants: dict[str, Any] = {}
-        for key, dist in space.items():
+        for key, dist in self.space.items():
             if not _condition_holds(dist.when, params):
                 continue
             value = suggest(trial, key, dist)
@@ -60,7 +63,9 @@ def define_by_run(spec: SweepSpec) -> Callable[[optuna.Trial], dict[str, Any]]:
                 constants[key] = value
         return constants
 
-    return _define
+
+def define_by_run(spec: SweepSpec) -> DefineByRun:
+    return DefineByRun(dict(spec.search.space))
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
