@@ -56,6 +56,9 @@ def _data_error_type():
 @click.version_option(package_name="afsweep")
 def main():
     """afsweep: sweep alpha-Flow / MeanFlow training on Ray Tune + Optuna, tracked in MLflow."""
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in sweep output
 
 
 @main.command()

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import mlflow
 import numpy as np
 import torch
@@ -46,10 +48,12 @@ def log_generator_model(tracking_uri: str, run_id: str, checkpoint_path: str, na
     import pandas as pd
     from mlflow.models import infer_signature
 
-    # params must be in the signature, or pyfunc silently ignores them at predict time
-    signature = infer_signature(pd.DataFrame({"class_label": [0]}), params={"nfe": 1, "seed": 0})
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # MLflow's hints about integer columns, type-hinted predict() and input examples: the signature is explicit
+        warnings.simplefilter("ignore", UserWarning)
+        # params must be in the signature, or pyfunc silently ignores them at predict time
+        signature = infer_signature(pd.DataFrame({"class_label": [0]}), params={"nfe": 1, "seed": 0})
         mlflow.pyfunc.log_model(
             name=name,
             python_model=GeneratorModel(),

@@ -114,6 +114,7 @@ def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.train.threads_per_worker))
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our reporter: the trial table with the searched parameters
     if ray.is_initialized():
         return None
     address = address or spec.ray.address
@@ -126,6 +127,7 @@ def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
         per_trial = 1 + spec.train.workers * spec.train.cpus_per_worker
         num_cpus = spec.ray.num_cpus or int(math.ceil(spec.search.max_concurrent * per_trial))
         ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                       _node_ip_address="127.0.0.1",  # a one-machine cluster talks over loopback only
                        dashboard_port=_free_port(spec.ray.dashboard_port), logging_level="WARNING")
     url = ctx.dashboard_url
     if url and not url.startswith("http"):

@@ -83,6 +83,8 @@ def run_trial(config: dict[str, Any]) -> None:
             callbacks=[TuneReportCallback()],
             # a resumed trial needs only the latest; the best EMA weights are in MLflow already
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Train's per-report INFO lines would bury the trial table; its log files keep them (the dashboard)
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     trainer.fit()
