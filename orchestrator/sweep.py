@@ -282,7 +282,7 @@ def resume(sweep_name: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None
 def _reporter(spec: SweepSpec):
     from ray.tune import CLIReporter
 
-    cols = {"step": "step", "loss": "loss", "fid1": "fid1", "fid2": "fid2", "fid1_best": "fid1*"}
+    cols = {"step": "step", "loss_unweighted": "mse", "fid1": "fid1", "fid2": "fid2", "fid1_best": "fid1*"}
     params = {k: k for k in list(spec.search.space)[:6]}
     return CLIReporter(metric_columns=cols, parameter_columns=params, max_report_frequency=30,
                        sort_by_metric=True, metric=spec.search.metric, mode=spec.search.mode)

@@ -132,7 +132,9 @@ def train_loop(config: dict[str, Any]) -> None:
                 log.artifact(path, "checkpoint")
             checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir)
             metrics.update(m)
-            metrics["loss"] = running.get("loss", float("nan")) / max(n_running, 1) if n_running else float("nan")
+            # the adaptive-weighted loss sits near 1 by construction; the unweighted MSE shows progress
+            for key in ("loss", "loss_unweighted"):
+                metrics[key] = running[key] / n_running if n_running and key in running else float("nan")
         ray.train.report(metrics, checkpoint=checkpoint)
         if checkpoint is not None:  # report() has copied it into the run's storage
             shutil.rmtree(ckpt_dir, ignore_errors=True)
