@@ -37,9 +37,10 @@ FREQ_DIM = 256          # sinusoidal features per time embedder (DiT)
 def timestep_features(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal features of raw times (B,) -> (B, dim): cos/sin of t * exp(-log(max_period) * i / half)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t[:, None].to(freqs.dtype) * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t.dtype if t.is_floating_point() else freqs.dtype)
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32   # bf16 times would lose the signal
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=t.device) / half)
+    args = t[:, None].to(dtype) * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 class TimeEmbedder(nn.Module):

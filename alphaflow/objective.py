@@ -66,15 +66,48 @@ def guided_velocity(model: nn.Module, z_t: torch.Tensor, t: torch.Tensor, v: tor
     return v_cfg
 
 
+def meanflow_dudt(model: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                  v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u(z, r, t), du/dt) with du/dt the JVP along (dz, dr, dt) = (v, 0, 1), in one forward-mode pass under the
+    math attention path. u keeps its graph to the parameters (it is the prediction that gets backpropagated)."""
+    def fn(z_, r_, t_):
+        return model(z_, r_, t_, y)
+
+    with math_attention(model):
+        return torch.func.jvp(fn, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+
+
+def predict_and_target(model: nn.Module, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                       v_cfg: torch.Tensor, traj_idx: torch.Tensor, alpha: float, clip: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u with graph, detached target) for the whole batch; traj_idx: the rows with r < t."""
+    dtype = z_t.dtype
+    dt = t - r
+    if alpha == 0.0:
+        u, dudt = meanflow_dudt(model, z_t, r, t, y, v_cfg)
+        return u.to(dtype), (v_cfg - _rows(dt, z_t) * dudt.detach().to(dtype)).detach()
+    target = v_cfg
+    if alpha < 1.0 and traj_idx.numel():
+        s = t[traj_idx] - alpha * dt[traj_idx]
+        z_s = z_t[traj_idx] - _rows(alpha * dt[traj_idx], z_t) * v_cfg[traj_idx]
+        with torch.no_grad():
+            u_s = model(z_s, r[traj_idx], s, y[traj_idx]).to(dtype)
+        target = v_cfg.clone()
+        target[traj_idx] = (alpha * v_cfg[traj_idx] + (1 - alpha) * u_s).clamp(-clip, clip)
+    u = model(z_t, r, t, y).to(dtype)
+    return u, target.detach()
+
+
 def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha: float, ratio_fm: float, cfg,
                     num_classes: int, generator: torch.Generator | None = None, progress: float = 0.0,
-                    grad_diagnostics: bool = False, times: tuple | None = None, eps: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, dict[str, float]]:
+                    grad_diagnostics: bool = False, times: tuple | None = None, eps: torch.Tensor | None = None,
+                    return_parts: bool = False):
     """The minibatch loss and its logs.
 
     cfg: a TrainConfig (uses cfg.time, cfg.loss, cfg.cfg). progress: i / T in [0, 1] (for beta).
     grad_diagnostics: also log grad_cos, the cosine between the parameter gradients of L_TFM and L_TCc.
-    times = (t, r, fm_mask) and eps override the random draws (tests)."""
+    times = (t, r, fm_mask) and eps override the random draws; return_parts=True adds a third result, a dict of
+    the batch's tensors (t, r, fm_mask, y, eps, z_t, v, v_cfg, u, target, weight), for tests and probes."""
     alpha = min(max(float(alpha), 0.0), 1.0)
     b = x.shape[0]
     dev, dtype = x.device, x.dtype
@@ -98,26 +131,7 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
     traj = ~fm_mask
     traj_idx = traj.nonzero().squeeze(1)
 
-    if alpha == 0.0:
-        # MeanFlow: one forward-mode pass; its primal output is the prediction the loss backpropagates through
-        def fn(z, r_, t_):
-            return model(z, r_, t_, y)
-
-        with math_attention(model):
-            u, dudt = torch.func.jvp(fn, (z_t, r, t), (v_cfg, torch.zeros_like(r), torch.ones_like(t)))
-        target = (v_cfg - _rows(dt, x) * dudt.detach().to(dtype)).detach()
-    else:
-        target = v_cfg
-        if alpha < 1.0 and traj_idx.numel():
-            s = t[traj_idx] - alpha * dt[traj_idx]
-            z_s = z_t[traj_idx] - _rows(alpha * dt[traj_idx], x) * v_cfg[traj_idx]
-            with torch.no_grad():
-                u_s = model(z_s, r[traj_idx], s, y[traj_idx]).to(dtype)
-            clip = float(cfg.loss.clip)
-            target = v_cfg.clone()
-            target[traj_idx] = (alpha * v_cfg[traj_idx] + (1 - alpha) * u_s).clamp(-clip, clip)
-        u = model(z_t, r, t, y)
-    u = u.to(dtype)
+    u, target = predict_and_target(model, z_t, r, t, y, v_cfg, traj_idx, alpha, float(cfg.loss.clip))
 
     per_row = _per_row((u - target) ** 2, cfg.loss.reduce)
     n = torch.ones(b, dtype=dtype, device=dev)
@@ -129,7 +143,7 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
     beta_mean = 1.0
     if cfg.loss.beta and traj.any():
         lam = 1.0 / expected_one_minus_dt(cfg.time)
-        beta = beta_weight(dt, progress_s_from(progress, cfg.loss.beta_k), lam)
+        beta = beta_weight(dt, progress_s(progress, cfg.loss.beta_k), lam)
         w = torch.where(traj, w * beta, w)
         beta_mean = float(beta[traj].mean())
     loss = (w.detach() * per_row).mean()
@@ -140,8 +154,6 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
     logs = {
         "loss": float(loss.detach()),
         "loss_unweighted": float(per_row.detach().mean()),
-        "loss_fm": float(per_row[fm_mask].detach().mean()) if fm_mask.any() else math.nan,
-        "loss_traj": float(per_row[traj].detach().mean()) if traj.any() else math.nan,
         "alpha": alpha,
         "ratio_fm": float(fm_mask.float().mean()),
         "cfg_scale": cfg_scale(cfg.cfg),
@@ -149,14 +161,19 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
         "l_tfm": float(l_tfm.detach()),
         "l_tcc": float(l_tcc.detach()),
     }
+    if fm_mask.any():
+        logs["loss_fm"] = float(per_row[fm_mask].detach().mean())
+    if traj.any():
+        logs["loss_traj"] = float(per_row[traj].detach().mean())
     if grad_diagnostics:
-        logs["grad_cos"] = gradient_cosine(model, l_tfm, l_tcc)
+        cos = gradient_cosine(model, l_tfm, l_tcc)
+        if math.isfinite(cos):   # undefined while L_TCc has no gradient (alpha = 1)
+            logs["grad_cos"] = cos
+    if return_parts:
+        parts = dict(t=t, r=r, fm_mask=fm_mask, y=y, eps=eps, z_t=z_t, v=v, v_cfg=v_cfg, u=u.detach(),
+                     target=target, weight=w.detach())
+        return loss, logs, parts
     return loss, logs
-
-
-def progress_s_from(progress: float, k: float) -> float:
-    """s = 1 - progress^k with progress = i / T."""
-    return progress_s(int(round(progress * 1_000_000)), 1_000_000, k)
 
 
 def cfg_scale(guidance) -> float:

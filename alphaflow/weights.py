@@ -26,9 +26,9 @@ def minsnr_weight(t: torch.Tensor, gamma: float) -> torch.Tensor:
     return t ** 2 * torch.clamp(snr, max=gamma)
 
 
-def progress_s(step: int, total_steps: int, k: float = 1.0) -> float:
-    """s = 1 - (i / T)^k: 1 at the start of training, 0 at the end."""
-    return 1.0 - min(max(step / max(total_steps, 1), 0.0), 1.0) ** k
+def progress_s(progress: float, k: float = 1.0) -> float:
+    """s = 1 - (i / T)^k for progress = i / T: 1 at the start of training, 0 at the end."""
+    return 1.0 - min(max(float(progress), 0.0), 1.0) ** k
 
 
 def beta_weight(dt: torch.Tensor, s: float, lam: float) -> torch.Tensor:
