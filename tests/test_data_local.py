@@ -217,3 +217,28 @@ def test_fashion_mnist_prepare_with_fid_reference(tmp_path):
     assert m.num_samples == 60000 and m.image_shape == (1, 28, 28) and m.class_names[0] == "t-shirt"
     ref = ReferenceStats.load(m.fid_reference)
     assert ref.n == 10000 and ref.dataset_id == "fashion-mnist:test" and ref.extractor_id == "fashion-mnist-cnn"
+
+
+@pytest.mark.parametrize("mode", ["exact", "resampled"])
+def test_a_rank_resumes_from_another_ranks_position(arrays_set, mode):
+    """The worker saves rank 0's position only; every rank resumes from it exactly."""
+    url = arrays_set[0]
+    loaders = [make_train_loader(url, batch_size=16, rank=r, world_size=2, seed=2, mode=mode, num_workers=2)
+               for r in range(2)]
+    its = [iter(ld) for ld in loaders]
+    for _ in range(13):
+        for it in its:
+            next(it)
+    saved = loaders[0].position()
+    want = []
+    for _ in range(9):
+        next(its[1])
+        want.append(loaders[1].last_keys)
+    resumed = make_train_loader(url, batch_size=16, rank=1, world_size=2, seed=2, mode=mode, num_workers=2,
+                                position=saved)
+    it = iter(resumed)
+    got = []
+    for _ in range(9):
+        next(it)
+        got.append(resumed.last_keys)
+    assert got == want

@@ -202,6 +202,7 @@ class TrainLoader:
     """An endless iterable of (x float32 (B, C, H, W) normalised, y int64 (B,)) for one rank.
 
     `position()` is a JSON-able dict; `make_train_loader(..., position=p)` continues with the next unseen sample.
+    A position saved by another rank of the same layout works too (ranks advance in lockstep).
     `last_keys` holds the sample keys of the batch yielded last.
     """
 
@@ -232,6 +233,7 @@ class TrainLoader:
         self._counts = [0] * self.slots_per_rank
         self._next_worker = 0
         self.skipped = 0
+        self.batches = 0                        # yielded by this rank so far (all ranks keep in step)
         self.last_keys: list[str] = []
         if position is not None:
             self._restore(position)
@@ -247,21 +249,32 @@ class TrainLoader:
         return {"version": POSITION_VERSION, "mode": self.mode, "seed": self.seed, "rank": self.rank,
                 "world_size": self.world_size, "num_workers": self.num_workers, "batch_size": self.batch_size,
                 "num_samples": self.manifest.num_samples, "counts": list(self._counts),
-                "next_worker": self._next_worker, "skipped": self.skipped}
+                "next_worker": self._next_worker, "skipped": self.skipped, "batches": self.batches}
 
     def _restore(self, p: dict) -> None:
         where = f"{self.manifest.url}: saved loader position"
         if not isinstance(p, dict) or p.get("version") != POSITION_VERSION:
             raise DataError(f"{where} is not a position of this loader version")
-        now = {"mode": self.mode, "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+        now = {"mode": self.mode, "seed": self.seed, "world_size": self.world_size,
                "num_workers": self.num_workers, "batch_size": self.batch_size,
                "num_samples": self.manifest.num_samples}
         for k, v in now.items():
             if p.get(k) != v:
                 raise DataError(f"{where} has {k}={p.get(k)!r}, this loader {k}={v!r} (resume needs the same)")
-        self._counts = [int(c) for c in p["counts"]]
-        self._next_worker = int(p["next_worker"])
-        self.skipped = int(p.get("skipped", 0))
+        self.batches = int(p["batches"])
+        if p.get("rank") == self.rank:
+            self._counts = [int(c) for c in p["counts"]]
+            self._next_worker = int(p["next_worker"])
+            self.skipped = int(p.get("skipped", 0))
+            return
+        # Another rank's position (the worker saves rank 0's): all ranks yield batches in lockstep, and without
+        # skipped samples a slot's counter is (batches it served) x batch_size, so the batch count is enough.
+        if p.get("skipped"):
+            log.warning("%s: resuming rank %d from rank %s's position, which skipped %s corrupt samples: this "
+                        "rank may re-read or miss as many", where, self.rank, p.get("rank"), p.get("skipped"))
+        nw = self.slots_per_rank
+        self._counts = [(self.batches - j + nw - 1) // nw * self.batch_size for j in range(nw)]
+        self._next_worker = self.batches % nw
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         ds = _SlotStream(self)
@@ -282,6 +295,7 @@ class TrainLoader:
                     log.warning("%s: %d corrupt samples skipped so far on rank %d", self.url, self.skipped,
                                 self.rank)
                 self.last_keys = item["keys"]
+                self.batches += 1
                 yield item["x"], item["y"]
         finally:
             # stop the workers now: a traceback that keeps this frame alive would otherwise keep them (and their
