@@ -12,7 +12,7 @@ import torch
 
 from alphaflow.data import (DataError, get_codec, make_train_loader, prepare_arrays, prepare_builtin,
                             prepare_image_folder, read_manifest)
-from alphaflow.data.shards import decode_shard
+from alphaflow.data.shards import _decode_regular, decode_shard
 from alphaflow.data.storage import file_sha256
 
 torch.set_num_threads(1)
@@ -71,12 +71,17 @@ def test_manifest_round_trip(arrays_set):
     stored = []
     for s in m.shards:
         assert Path(s.url).stat().st_size == s.bytes and file_sha256(s.url) == s.sha256
-        d = decode_shard(Path(s.url).read_bytes(), s.url, SHAPE, m.latent_dtype, s.num_samples)
+        data = Path(s.url).read_bytes()
+        d = decode_shard(data, s.url, SHAPE, m.latent_dtype, s.num_samples)
         assert d.valid.all()
+        assert _decode_regular(data, s.url, SHAPE, np.dtype(m.latent_dtype), s.num_samples) is not None
+        slow = decode_shard(data, s.url, SHAPE, m.latent_dtype)   # the general parser agrees with the fast path
+        assert slow.keys.tolist() == d.keys.tolist() and (slow.labels == d.labels).all()
+        np.testing.assert_array_equal(slow.latents, d.latents)
         idx = perm[[int(k) for k in d.keys]]
         np.testing.assert_array_equal(codec.decode(d.latents), images[idx])   # identity codec is lossless
         np.testing.assert_array_equal(d.labels, labels[idx])
-        seen += d.keys
+        seen += d.keys.tolist()
         stored.append(d.latents.astype(np.float64))
     assert sorted(seen) == [f"{i:09d}" for i in range(N)]
     allv = np.concatenate(stored)

@@ -127,8 +127,8 @@ class ShardSink:
 
 @dataclass
 class DecodedShard:
-    keys: list[str]
-    latents: np.ndarray      # (n, C, H, W) stored dtype
+    keys: np.ndarray         # (n,) str
+    latents: np.ndarray      # (n, C, H, W) stored dtype (may be a read-only view of the shard's bytes)
     labels: np.ndarray       # (n,) int64
     valid: np.ndarray        # (n,) bool: False for a corrupt sample
     corrupt: list[str] = field(default_factory=list)   # "key: why" for each corrupt sample
@@ -205,10 +205,77 @@ def _npy_layout(data: bytes, start: int, size: int, cache: dict):
     return dtype, shape, first + hlen
 
 
+def _octal(fields: np.ndarray) -> np.ndarray:
+    """Tar's octal size fields, (n, 12) ASCII bytes (digits, then NUL or space), as int64; -1 where malformed."""
+    digits = fields[:, :11].astype(np.int64) - 48
+    if not ((digits >= 0) & (digits <= 7)).all():
+        return np.full(len(fields), -1, np.int64)
+    return digits @ (8 ** np.arange(10, -1, -1, dtype=np.int64))
+
+
+def _decode_regular(data: bytes, url: str, sample_shape, dtype, expected: int) -> DecodedShard | None:
+    """The fast path for shards laid out as ours are (each sample `<key>.cls` then `<key>.npy`, every sample the
+    same size): every header is checked at once with numpy, and the latents stay a strided view of `data`.
+    Returns None when the layout differs in any way; the general parser then decides."""
+    members = _tar_members(data, url)
+    try:
+        (n1, s1, z1), (n2, s2, z2) = next(members), next(members)
+    except (StopIteration, DataError):
+        return None
+    key_len = n1.find(".")
+    if key_len <= 0 or n1[key_len:] != ".cls" or n2 != n1[:key_len] + ".npy" or s1 != 512 or z1 > 512:
+        return None
+    layout = _npy_layout(data, s2, z2, {})
+    if layout is None or layout[1] != tuple(sample_shape):
+        return None
+    period = s2 + (z2 + 511) // 512 * 512
+    n = expected
+    buf = np.frombuffer(data, np.uint8)
+    if len(buf) < n * period + 1024 or buf[n * period:n * period + 1024].any():
+        return None  # not exactly n samples then the end-of-archive blocks
+    cls_h = np.arange(n, dtype=np.int64) * period
+    npy_h = cls_h + 1024
+    cols = np.arange(512)
+    hc, hn = buf[cls_h[:, None] + cols], buf[npy_h[:, None] + cols]   # every header, (n, 512) each
+    first_c, first_n = hc[0], hn[0]
+    same = lambda h, ref, a, b: (h[:, a:b] == ref[a:b]).all()  # noqa: E731
+    if not (same(hc, first_c, 257, 263) and same(hn, first_n, 257, 263)       # ustar magic
+            and same(hc, first_c, 156, 157) and same(hn, first_n, 156, 157)   # regular files
+            and same(hn, first_n, 124, 136)                                   # every .npy the same size
+            and same(hc, first_c, key_len, 100) and same(hn, first_n, key_len, 100)   # .cls / .npy, NUL padded
+            and (hc[:, :key_len] == hn[:, :key_len]).all()):                   # one key per pair
+        return None
+    hdr_len = layout[2] - s2
+    heads = buf[(npy_h + 512)[:, None] + np.arange(hdr_len)]
+    if not (heads == heads[0]).all():
+        return None
+    sizes = _octal(hc[:, 124:136])
+    if (sizes < 1).any() or (sizes > 18).any():
+        return None
+    text = buf[(cls_h + 512)[:, None] + np.arange(int(sizes.max()))].astype(np.int64) - 48
+    inside = np.arange(text.shape[1]) < sizes[:, None]
+    if not ((text >= 0) & (text <= 9) | ~inside).all():
+        return None
+    power = np.where(inside, 10 ** np.clip(sizes[:, None] - 1 - np.arange(text.shape[1]), 0, None), 0)
+    labels = (np.where(inside, text, 0) * power).sum(1)
+    item = layout[0].itemsize * int(np.prod(sample_shape))
+    first = layout[2]
+    raw = np.lib.stride_tricks.as_strided(buf[first:], shape=(n, item), strides=(period, 1), writeable=False)
+    latents = raw.view(layout[0]).reshape(n, *sample_shape)
+    if latents.dtype != dtype:
+        latents = latents.astype(dtype)
+    keys = np.ascontiguousarray(hc[:, :key_len]).view(f"S{key_len}").ravel().astype(str)
+    return DecodedShard(keys, latents, labels, np.ones(n, bool), [])
+
+
 def decode_shard(data: bytes, url: str, sample_shape: tuple[int, ...], dtype, expected: int | None = None) -> DecodedShard:
     """All samples of one shard. A damaged tar or a sample count other than `expected` raises DataError; a sample
     whose .npy or .cls is missing or unreadable, or has another shape, is marked invalid (the caller decides)."""
     dtype = np.dtype(dtype)
+    if expected:
+        fast = _decode_regular(data, url, tuple(sample_shape), dtype, expected)
+        if fast is not None:
+            return fast
     cap = expected if expected is not None else max(1, len(data) // (dtype.itemsize * int(np.prod(sample_shape)) + 1024))
     latents = np.zeros((cap, *sample_shape), dtype)
     labels = np.zeros(cap, np.int64)
@@ -259,7 +326,7 @@ def decode_shard(data: bytes, url: str, sample_shape: tuple[int, ...], dtype, ex
     n = len(keys)
     if expected is not None and n != expected:
         raise DataError(f"{url}: {n} samples, the manifest says {expected}")
-    return DecodedShard(keys, latents[:n], labels[:n], valid[:n], corrupt)
+    return DecodedShard(np.asarray(keys, dtype=str), latents[:n], labels[:n], valid[:n], corrupt)
 
 
 def sha256_bytes(data: bytes) -> str:
