@@ -99,6 +99,8 @@ class FeatureExtractor(ABC):
 class DomainCNNExtractor(FeatureExtractor):
     """128-d penultimate features of a small CNN trained once on the data set (scripts/train_domain_cnn.py)."""
 
+    batch_size = 64   # small batches keep activations in cache: ~2x the images/s of 500 on this CPU
+
     def __init__(self, spec: DomainSpec, weights_path: str | Path | None = None):
         path = Path(weights_path) if weights_path else WEIGHTS_DIR / f"{spec.extractor_id}.pt"
         hash_file = path.with_suffix(".sha256")
