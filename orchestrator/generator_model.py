@@ -43,8 +43,9 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         return self.codec.decode(z * self.std + self.mean)
 
 
-def log_generator_model(tracking_uri: str, run_id: str, checkpoint_path: str, name: str) -> None:
-    """Log the pyfunc into an existing run (the trial's child run)."""
+def log_generator_model(tracking_uri: str, run_id: str, checkpoint_path: str, name: str) -> str:
+    """Log the pyfunc into an existing run (the trial's child run); returns its model URI (MLflow 3 keeps logged
+    models apart from the run's artifacts: `models:/m-...`, not `runs:/<run>/<name>`)."""
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -54,10 +55,11 @@ def log_generator_model(tracking_uri: str, run_id: str, checkpoint_path: str, na
         warnings.simplefilter("ignore", UserWarning)
         # params must be in the signature, or pyfunc silently ignores them at predict time
         signature = infer_signature(pd.DataFrame({"class_label": [0]}), params={"nfe": 1, "seed": 0})
-        mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name=name,
             python_model=GeneratorModel(),
             artifacts={"checkpoint": checkpoint_path},
             signature=signature,
             pip_requirements=["afsweep", "torch==2.13.0"],
         )
+    return info.model_uri

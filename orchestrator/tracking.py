@@ -24,6 +24,7 @@ TRIAL_TAG = "afsweep.trial_id"
 STATUS_TAG = "afsweep.status"
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
 MODEL_ARTIFACT = "generator"
+MODEL_URI_TAG = "afsweep.model_uri"  # the run's logged generator (models:/m-...), logged once per run
 
 
 class TrackingError(RuntimeError):
@@ -162,7 +163,7 @@ def best_trials(client: MlflowClient, experiment_id: str, metric: str, sweep: st
             value=r.data.metrics[summary],
             step=int(step) if step is not None else None,
             params=dict(r.data.params),
-            model_uri=registered_uri_for_run(client, r.info.run_id),
+            model_uri=registered_uri_for_run(client, r.info.run_id, metric),
         ))
         if len(out) >= top:
             break
@@ -193,23 +194,22 @@ def sweep_status(client: MlflowClient, experiment_id: str, sweep: str | None) ->
             "total_gpu_s": sum(t["gpu_s"] or 0 for t in trials)}
 
 
-def registered_uri_for_run(client: MlflowClient, run_id: str) -> str | None:
+def registered_uri_for_run(client: MlflowClient, run_id: str, metric: str | None = None) -> str | None:
+    """The registry URI of the run's model: by its alias (`best-<metric>` first), else by version; else the run's
+    logged model; None if it has neither."""
     try:
         versions = client.search_model_versions(f"run_id = '{run_id}'")
     except Exception:
         return None
     if not versions:
-        return f"runs:/{run_id}/{MODEL_ARTIFACT}" if _has_artifact(client, run_id, MODEL_ARTIFACT) else None
+        return client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
     v = max(versions, key=lambda mv: int(mv.version))
-    aliases = list(getattr(v, "aliases", []) or [])
-    return f"models:/{v.name}@{aliases[0]}" if aliases else f"models:/{v.name}/{v.version}"
-
-
-def _has_artifact(client: MlflowClient, run_id: str, path: str) -> bool:
-    try:
-        return any(a.path == path for a in client.list_artifacts(run_id))
-    except Exception:
-        return False
+    # search results leave aliases out: ask for the version itself
+    aliases = list(client.get_model_version(v.name, v.version).aliases or [])
+    preferred = f"best-{metric}" if metric else None
+    if preferred in aliases:
+        return f"models:/{v.name}@{preferred}"
+    return f"models:/{v.name}@{sorted(aliases)[0]}" if aliases else f"models:/{v.name}/{v.version}"
 
 
 def register_generator(client: MlflowClient, tracking_uri: str, run_id: str, model_name: str,
@@ -217,9 +217,11 @@ def register_generator(client: MlflowClient, tracking_uri: str, run_id: str, mod
     """Log the trial's best checkpoint as a pyfunc generator (once per run) and point the aliases at it."""
     from orchestrator.generator_model import log_generator_model
 
-    if not _has_artifact(client, run_id, MODEL_ARTIFACT):
+    model_uri = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    if not model_uri:
         local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT)
-        log_generator_model(tracking_uri, run_id, local, MODEL_ARTIFACT)
+        model_uri = log_generator_model(tracking_uri, run_id, local, MODEL_ARTIFACT)
+        client.set_tag(run_id, MODEL_URI_TAG, model_uri)
     existing = client.search_model_versions(f"run_id = '{run_id}' and name = '{model_name}'")
     if existing:
         version = max(existing, key=lambda mv: int(mv.version)).version
@@ -228,8 +230,8 @@ def register_generator(client: MlflowClient, tracking_uri: str, run_id: str, mod
             client.get_registered_model(model_name)
         except Exception:
             client.create_registered_model(model_name, description="afsweep generators (1- and 2-NFE)")
-        source = f"runs:/{run_id}/{MODEL_ARTIFACT}"
-        version = client.create_model_version(model_name, source=source, run_id=run_id).version
+        model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
+        version = client.create_model_version(model_name, source=model_uri, run_id=run_id, model_id=model_id).version
     for alias in aliases:
         client.set_registered_model_alias(model_name, alias, version)
     return f"models:/{model_name}@{aliases[0]}" if aliases else f"models:/{model_name}/{version}"
