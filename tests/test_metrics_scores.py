@@ -72,24 +72,34 @@ def test_precision_recall_of_gaussians():
 
 def test_kid_is_the_unbiased_polynomial_mmd():
     rng = np.random.default_rng(1)
-    x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) + 0.5
+    x, y = rng.normal(size=(6, 3)), rng.normal(size=(9, 3)) + 0.5   # unequal sizes: a U-statistic per term
 
     def k(a, b):
         return (a @ b / 3 + 1) ** 3
 
-    m = 6
-    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
-    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
-    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    xx = sum(k(x[i], x[j]) for i in range(6) for j in range(6) if i != j) / (6 * 5)
+    yy = sum(k(y[i], y[j]) for i in range(9) for j in range(9) if i != j) / (9 * 8)
+    xy = sum(k(x[i], y[j]) for i in range(6) for j in range(9)) / (6 * 9)
     assert kernel_inception_distance(y, x) == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
+    # the cached real-real term gives the same number
+    from alphaflow.metrics.scores import _poly_kernel_offdiag_mean
+    assert kernel_inception_distance(y, x, real_term=_poly_kernel_offdiag_mean(y)) == pytest.approx(xx + yy - 2 * xy)
 
 
 def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift():
     rng = np.random.default_rng(2)
     real = rng.normal(size=(2000, 16))
-    same = kernel_inception_distance(real, rng.normal(size=(500, 16)), num_subsets=20)
-    shifted = kernel_inception_distance(real, rng.normal(size=(500, 16)) + 0.5, num_subsets=20)
+    same = kernel_inception_distance(real, rng.normal(size=(500, 16)))
+    shifted = kernel_inception_distance(real, rng.normal(size=(500, 16)) + 0.5)
     assert abs(same) < 0.02 and shifted > 0.2
+
+
+def test_kid_real_term_is_cached_on_the_reference(digits):
+    ext, ref, x, y = digits
+    first = ref.kid_real_term()
+    assert ref.kid_real_term() == first and ref.__dict__["_kid_cache"]
+    m = sample_metrics(x, y, ext, ref)
+    assert m["kid"] == pytest.approx(kernel_inception_distance(ref.real_features, ext.features(x)), rel=1e-9)
 
 
 def test_bad_inputs_are_one_line_errors(digits):

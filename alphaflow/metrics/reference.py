@@ -35,6 +35,18 @@ class ReferenceStats:
     def dim(self) -> int:
         return int(self.mu.shape[0])
 
+    def kid_real_term(self) -> float | None:
+        """The real-real kernel mean of KID, the same for every evaluation: computed once, then cached."""
+        if self.real_features is None or len(self.real_features) < 2:
+            return None
+        cache = self.__dict__.setdefault("_kid_cache", {})
+        if id(self.real_features) not in cache:
+            from alphaflow.metrics.scores import _poly_kernel_offdiag_mean
+
+            cache.clear()
+            cache[id(self.real_features)] = _poly_kernel_offdiag_mean(self.real_features)
+        return cache[id(self.real_features)]
+
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file + rename), so a reader never sees half a file."""
         path = Path(path)
