@@ -8,8 +8,8 @@ One call = one minibatch loss:
                   z_s = z_t - alpha (t - r) v_cfg: one no-grad pass of the online network on those rows only,
                   clipped to +-clip;
   alpha == 0      MeanFlow target v_cfg - (t - r) sg(du/dt), du/dt = JVP along (v_cfg, 0, 1), computed with
-                  torch.func.jvp in one pass over the whole batch whose primal output is the prediction itself
-                  (r = t rows have t - r = 0, so their target stays v_cfg); not clipped.
+                  torch.func.jvp in one pass over the r < t rows whose primal output is the prediction itself;
+                  the r = t rows (t - r = 0, target v_cfg) take a plain pass instead; not clipped.
 - v_cfg = omega v + kappa u(z_t, t, t | y) + (1 - omega - kappa) u(z_t, t, t | null) under no-grad for rows with
   t inside (t_min, t_max) whose label was kept; v elsewhere (and for rows dropped to the null class, which learn
   the unconditional velocity). No extra pass when omega == 1 and kappa == 0.
@@ -84,8 +84,25 @@ def predict_and_target(model: nn.Module, z_t: torch.Tensor, r: torch.Tensor, t: 
     dtype = z_t.dtype
     dt = t - r
     if alpha == 0.0:
-        u, dudt = meanflow_dudt(model, z_t, r, t, y, v_cfg)
-        return u.to(dtype), (v_cfg - _rows(dt, z_t) * dudt.detach().to(dtype)).detach()
+        # every row goes through exactly one pass with grad: the JVP pass (whose primal output is the
+        # prediction) on the r < t rows, a plain pass on the r = t rows, whose du/dt would be multiplied by
+        # t - r = 0 anyway. On CPU, forward-mode AD costs ~3.5 forwards, so this saves ~25% at ratio_fm 0.5.
+        n = z_t.shape[0]
+        if traj_idx.numel() == n:
+            u, dudt = meanflow_dudt(model, z_t, r, t, y, v_cfg)
+            return u.to(dtype), (v_cfg - _rows(dt, z_t) * dudt.detach().to(dtype)).detach()
+        fm_idx = torch.ones(n, dtype=torch.bool, device=z_t.device)
+        fm_idx[traj_idx] = False
+        fm_idx = fm_idx.nonzero().squeeze(1)
+        u = torch.empty_like(z_t)
+        target = v_cfg.clone()
+        if traj_idx.numel():
+            zi, ri, ti, vi = z_t[traj_idx], r[traj_idx], t[traj_idx], v_cfg[traj_idx]
+            u_traj, dudt = meanflow_dudt(model, zi, ri, ti, y[traj_idx], vi)
+            u = u.index_put((traj_idx,), u_traj.to(dtype))
+            target[traj_idx] = vi - _rows(ti - ri, zi) * dudt.detach().to(dtype)
+        u = u.index_put((fm_idx,), model(z_t[fm_idx], r[fm_idx], t[fm_idx], y[fm_idx]).to(dtype))
+        return u, target.detach()
     target = v_cfg
     if alpha < 1.0 and traj_idx.numel():
         s = t[traj_idx] - alpha * dt[traj_idx]

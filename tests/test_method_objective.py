@@ -152,10 +152,14 @@ def test_proof4_jvp_equals_central_finite_differences():
 
 def test_meanflow_target_formula_and_single_pass():
     model = CountingModel(tiny_dit())
+    seen = []
+    orig = model.inner.forward
+    model.inner.forward = lambda x, r, t, y: (seen.append(x.shape[0]), orig(x, r, t, y))[1]
     _, _, parts = run(model, alpha=0.0)
-    assert model.calls == 1          # the JVP pass is the prediction pass
+    assert sorted(seen) == [2, 4]    # each row once: the JVP pass (4 rows r < t) is the prediction pass
     t, r = parts["t"], parts["r"]
-    _, dudt = meanflow_dudt(model.inner, parts["z_t"], r, t, parts["y"], parts["v_cfg"])
+    u, dudt = meanflow_dudt(model.inner, parts["z_t"], r, t, parts["y"], parts["v_cfg"])
+    torch.testing.assert_close(parts["u"], u.detach(), rtol=1e-12, atol=1e-12)
     expected = parts["v_cfg"] - (t - r).view(-1, 1, 1, 1) * dudt
     torch.testing.assert_close(parts["target"], expected.detach(), rtol=1e-12, atol=1e-12)
 
