@@ -150,7 +150,8 @@ class _SlotStream(torch.utils.data.IterableDataset):
         c = self.m.image_shape[0]
         self.mean = np.asarray(self.m.mean, np.float32).reshape(c, 1, 1)
         self.inv_std = (1.0 / np.asarray(self.m.std, np.float32)).reshape(c, 1, 1)
-        self.mean_t, self.inv_std_t = torch.from_numpy(self.mean), torch.from_numpy(self.inv_std)
+        self.inv_std_t = torch.from_numpy(self.inv_std)
+        self.shift_t = torch.from_numpy(-self.mean * self.inv_std)   # (x - mean) / std = x * inv_std + shift
         self.in_worker = loader.num_workers > 0
 
     def __iter__(self):
@@ -215,8 +216,9 @@ class _SlotStream(torch.utils.data.IterableDataset):
             x = torch.from_numpy(lat)
         else:  # gather in the stored dtype; torch widens float16 several times faster than numpy
             lat = np.concatenate([d.latents[i] for d, i in parts]) if len(parts) > 1 else parts[0][0].latents[parts[0][1]]
-            x = torch.from_numpy(lat).float().sub_(self.mean_t)
-        x.mul_(self.inv_std_t)
+            x = torch.from_numpy(lat).float().mul_(self.inv_std_t).add_(self.shift_t)
+        if posterior:
+            x.mul_(self.inv_std_t)
         return {"x": x, "y": torch.from_numpy(y), "keys": keys, "local": local, "counter": counter,
                 "skipped": skipped}
 

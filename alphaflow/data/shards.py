@@ -223,7 +223,7 @@ def _decode_regular(data: bytes, url: str, sample_shape, dtype, expected: int) -
     except (StopIteration, DataError):
         return None
     key_len = n1.find(".")
-    if key_len <= 0 or n1[key_len:] != ".cls" or n2 != n1[:key_len] + ".npy" or s1 != 512 or z1 > 512:
+    if key_len <= 0 or n1[key_len:] != ".cls" or n2 != n1[:key_len] + ".npy" or (s1, s2) != (512, 1536) or z1 > 512:
         return None
     layout = _npy_layout(data, s2, z2, {})
     if layout is None or layout[1] != tuple(sample_shape):
@@ -233,10 +233,9 @@ def _decode_regular(data: bytes, url: str, sample_shape, dtype, expected: int) -
     buf = np.frombuffer(data, np.uint8)
     if len(buf) < n * period + 1024 or buf[n * period:n * period + 1024].any():
         return None  # not exactly n samples then the end-of-archive blocks
-    cls_h = np.arange(n, dtype=np.int64) * period
-    npy_h = cls_h + 1024
-    cols = np.arange(512)
-    hc, hn = buf[cls_h[:, None] + cols], buf[npy_h[:, None] + cols]   # every header, (n, 512) each
+    rows = lambda at, width: np.lib.stride_tricks.as_strided(  # noqa: E731  (n, width) view, one row a sample
+        buf[at:], shape=(n, width), strides=(period, 1), writeable=False)
+    hc, hn = rows(0, 512), rows(1024, 512)   # every .cls header and every .npy header, without copying
     first_c, first_n = hc[0], hn[0]
     same = lambda h, ref, a, b: (h[:, a:b] == ref[a:b]).all()  # noqa: E731
     if not (same(hc, first_c, 257, 263) and same(hn, first_n, 257, 263)       # ustar magic
@@ -246,13 +245,13 @@ def _decode_regular(data: bytes, url: str, sample_shape, dtype, expected: int) -
             and (hc[:, :key_len] == hn[:, :key_len]).all()):                   # one key per pair
         return None
     hdr_len = layout[2] - s2
-    heads = buf[(npy_h + 512)[:, None] + np.arange(hdr_len)]
+    heads = rows(1536, hdr_len)
     if not (heads == heads[0]).all():
         return None
     sizes = _octal(hc[:, 124:136])
     if (sizes < 1).any() or (sizes > 18).any():
         return None
-    text = buf[(cls_h + 512)[:, None] + np.arange(int(sizes.max()))].astype(np.int64) - 48
+    text = rows(512, int(sizes.max())).astype(np.int64) - 48
     inside = np.arange(text.shape[1]) < sizes[:, None]
     if not ((text >= 0) & (text <= 9) | ~inside).all():
         return None
@@ -260,8 +259,7 @@ def _decode_regular(data: bytes, url: str, sample_shape, dtype, expected: int) -
     labels = (np.where(inside, text, 0) * power).sum(1)
     item = layout[0].itemsize * int(np.prod(sample_shape))
     first = layout[2]
-    raw = np.lib.stride_tricks.as_strided(buf[first:], shape=(n, item), strides=(period, 1), writeable=False)
-    latents = raw.view(layout[0]).reshape(n, *sample_shape)
+    latents = rows(first, item).view(layout[0]).reshape(n, *sample_shape)
     if latents.dtype != dtype:
         latents = latents.astype(dtype)
     keys = np.ascontiguousarray(hc[:, :key_len]).view(f"S{key_len}").ravel().astype(str)
