@@ -37,7 +37,7 @@ def _fail(msg: str, code: int = 1):
 
 
 def resolve_run_id(client, target: str) -> str:
-    """A run id, or the run behind models:/NAME@ALIAS or models:/NAME/VERSION."""
+    """A run id, or the run behind models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-ID (a logged model)."""
     from mlflow.exceptions import MlflowException
 
     if target.startswith("models:/"):
@@ -49,8 +49,13 @@ def resolve_run_id(client, target: str) -> str:
             elif "/" in ref:
                 name, number = ref.split("/", 1)
                 version = client.get_model_version(name, number)
+            elif ref.startswith("m-"):  # an MLflow 3 logged model id, as in a registered version's source
+                run_id = client.get_logged_model(ref).source_run_id
+                if not run_id:
+                    raise EvalError(f"{target}: the logged model records no source run")
+                return run_id
             else:
-                raise EvalError(f"{target}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+                raise EvalError(f"{target}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-ID")
         except MlflowException as e:
             raise EvalError(f"{target}: not in the model registry ({_first_line(e)})") from None
         if not version.run_id:

@@ -89,6 +89,14 @@ def test_eval_of_a_registered_model_logs_to_its_run(store):
     assert "fid1_digits-cnn_n40" in metrics and "fid2_digits-cnn_n40" not in metrics
 
 
+def test_eval_of_a_logged_model_id(store):
+    exp = store["client"].get_run(store["run_id"]).info.experiment_id
+    model = store["client"].create_logged_model(exp, name="generator", source_run_id=store["run_id"])
+    res = _eval(store, f"models:/{model.model_id}", "--n", "20", "--nfe", "1", "--no-log")
+    assert res.exit_code == 0, res.output
+    assert f"run {store['run_id']}" in res.output
+
+
 def test_no_log_logs_nothing(store):
     res = _eval(store, store["run_id"], "--n", "30", "--nfe", "1", "--no-log")
     assert res.exit_code == 0, res.output
@@ -99,7 +107,7 @@ def test_no_log_logs_nothing(store):
 @pytest.mark.parametrize("args,message", [
     (["0123456789abcdef0123456789abcdef"], "run 0123456789abcdef0123456789abcdef: not found"),
     (["models:/afsweep-digits@nope"], "models:/afsweep-digits@nope: not in the model registry"),
-    (["models:/just-a-name"], "expected models:/NAME@ALIAS or models:/NAME/VERSION"),
+    (["models:/just-a-name"], "expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-ID"),
 ])
 def test_bad_targets_are_one_line_errors(store, args, message):
     res = _eval(store, *args)
