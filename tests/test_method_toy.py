@@ -11,7 +11,7 @@ from alphaflow.objective import alpha_flow_loss
 from alphaflow.sampling import sample
 from alphaflow.schedules import schedule_value
 
-STEPS, BATCH = 1500, 256
+STEPS, BATCH = 2500, 256
 
 
 class PointMLP(torch.nn.Module):
