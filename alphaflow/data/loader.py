@@ -106,7 +106,7 @@ class _Reader:
 
             local = Path(self.cache_dir) / f"{rec.sha256}.tar"
             if local.exists() and local.stat().st_size == rec.bytes:
-                return storage.read_bytes(str(local), rec.bytes)
+                return storage.map_local(str(local), rec.bytes)
             data = storage.read_bytes(rec.url, rec.bytes)
             if sha256_bytes(data) != rec.sha256:
                 raise DataError(f"{rec.url}: sha256 differs from the manifest's (corrupt or replaced shard)")
@@ -115,7 +115,10 @@ class _Reader:
             tmp.write_bytes(data)
             tmp.replace(local)
             return data
-        data = storage.read_bytes(rec.url, rec.bytes)
+        if storage.is_s3(rec.url):
+            data = storage.read_bytes(rec.url, rec.bytes)
+        else:
+            data = storage.map_local(rec.url, rec.bytes)
         if self.verify == "sha256" and sha256_bytes(data) != rec.sha256:
             raise DataError(f"{rec.url}: sha256 differs from the manifest's (corrupt or replaced shard)")
         return data
@@ -216,7 +219,11 @@ class _SlotStream(torch.utils.data.IterableDataset):
             x = torch.from_numpy(lat)
         else:  # gather in the stored dtype; torch widens float16 several times faster than numpy
             lat = np.concatenate([d.latents[i] for d, i in parts]) if len(parts) > 1 else parts[0][0].latents[parts[0][1]]
-            x = torch.from_numpy(lat).float().mul_(self.inv_std_t).add_(self.shift_t)
+            if self.in_worker:  # write straight into shared memory: the batch then crosses to the trainer uncopied
+                x = torch.empty(lat.shape, dtype=torch.float32).share_memory_().copy_(torch.from_numpy(lat))
+            else:
+                x = torch.from_numpy(lat).float()
+            x.mul_(self.inv_std_t).add_(self.shift_t)
         if posterior:
             x.mul_(self.inv_std_t)
         return {"x": x, "y": torch.from_numpy(y), "keys": keys, "local": local, "counter": counter,

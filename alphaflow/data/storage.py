@@ -198,6 +198,25 @@ def read_bytes(url: str, expected_size: int | None = None) -> bytes:
     return data
 
 
+def map_local(path: str, expected_size: int | None = None):
+    """A read-only memory map of a local file: the page cache's bytes, not a copy of them (the reader's views into
+    a shard keep the map alive). Same checks and errors as read_bytes."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if expected_size is not None and size != expected_size:
+                raise DataError(f"{path}: size {size} bytes, the manifest says {expected_size} (truncated or replaced)")
+            if size == 0:
+                return b""
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def exists(url: str) -> bool:
     if not is_s3(url):
         return Path(url).exists()
