@@ -183,7 +183,7 @@ def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_nam
         raise tracking.TrackingError(f"MLflow at {uri}: no trial of sweep '{sweep}' has logged {metric}_best")
     if alias:
         b = rows[0]
-        name = model_name or f"afsweep-{_dataset_of(client, b.run_id)}"
+        name = model_name or _registered_model_of(client, b.run_id)
         rows[0].model_uri = tracking.register_generator(client, uri, b.run_id, name, [alias])
     if as_json:
         click.echo(json.dumps([_best_dict(r) for r in rows], indent=2))
@@ -256,11 +256,13 @@ def _best_dict(r) -> dict:
             "step": r.step, "params": {k: r.params.get(k) for k in _swept(r)}, "model_uri": r.model_uri}
 
 
-def _dataset_of(client, run_id: str) -> str:
-    run = client.get_run(run_id)
-    parent = run.data.tags.get("mlflow.parentRunId")
-    manifest = client.get_run(parent).data.params.get("manifest", "") if parent else ""
-    return Path(manifest).parent.name or "model"
+def _registered_model_of(client, run_id: str) -> str:
+    """The registry name the trial's sweep uses (recorded on the parent run at launch)."""
+    parent = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+    params = client.get_run(parent).data.params if parent else {}
+    if params.get("registered_model"):
+        return params["registered_model"]
+    return f"afsweep-{params.get('dataset', 'model').split(':')[0]}"
 
 
 def _add_optional_commands() -> None:

@@ -34,7 +34,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         params = params or {}
         nfe = int(params.get("nfe", 1))
         seed = int(params.get("seed", 0))
-        labels = np.asarray(model_input["class_label"], dtype=np.int64)
+        labels = np.array(model_input["class_label"], dtype=np.int64)  # a writable copy for torch
         y = torch.from_numpy(labels)
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn((len(labels), *self.info["image_shape"]), generator=g)

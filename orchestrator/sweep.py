@@ -71,6 +71,11 @@ def ensure_data(spec: SweepSpec, run_dir: Path, echo=print) -> str:
     return url
 
 
+def registered_model_name(spec: SweepSpec, manifest) -> str:
+    """The registry name of a sweep's best generators: the spec's, else afsweep-<data set>."""
+    return spec.tracking.registered_model or f"afsweep-{manifest.dataset_id.split(':')[0]}"
+
+
 def transition_end_steps(spec: SweepSpec, cfg) -> int:
     """The latest step at which any configuration of the space ends its alpha transition.
 
@@ -109,6 +114,19 @@ def _free_port(preferred: int) -> int:
             return s.getsockname()[1]
 
 
+def _use_token_auth_if_available() -> None:
+    """Ray 2.60 clusters require a token; a connecting driver stays in 'disabled' mode unless told, even when the
+    token file is there. Use the token when one is available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        from ray._raylet import Config
+
+        Config.initialize("")  # Ray read its config at import: make it see the mode (as Ray's own setup does)
+
+
 def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
     import ray
 
@@ -119,6 +137,7 @@ def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
         return None
     address = address or spec.ray.address
     if address:
+        _use_token_auth_if_available()
         try:
             ctx = ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         except Exception as e:
@@ -164,6 +183,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         raise SweepError(f"{manifest_url}: no FID reference statistics recorded (re-run afsweep data prepare)")
     extractor = DOMAIN_EXTRACTOR.get(manifest.dataset_id.split(":")[0], DOMAIN_EXTRACTOR["fashion-mnist"])
     grace = grace_period(spec, cfg, echo)
+    model_name = registered_model_name(spec, manifest)
 
     sweep_name = sweep_name or f"{spec.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     frozen = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
@@ -171,7 +191,8 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         client, experiment_id, sweep_name, frozen,
         params={"spec_name": spec.name, "num_trials": spec.search.num_trials, "algorithm": spec.search.algorithm,
                 "workers_per_trial": spec.train.workers, "total_steps": cfg.total_steps, "grace_period": grace,
-                "manifest": manifest_url, "swept": ",".join(spec.search.space)},
+                "manifest": manifest_url, "dataset": manifest.dataset_id, "registered_model": model_name,
+                "swept": ",".join(spec.search.space)},
     )
     client.log_text(parent_run_id, spec_text, "spec_source.yaml")
     echo(f"afsweep: sweep {sweep_name}: {spec.search.num_trials} trials x {spec.train.workers} workers, "
@@ -312,7 +333,7 @@ def _finish(client, spec: SweepSpec, sweep_name: str, parent_run_id: str, tracki
     outcome.wall_s = time.time() - t0
     summary: dict[str, float] = {"trials_completed": outcome.completed, "trials_pruned": outcome.pruned,
                                  "trials_failed": outcome.failed, "wall_s": outcome.wall_s}
-    model_name = spec.tracking.registered_model or f"afsweep-{manifest.dataset_id.split(':')[0]}"
+    model_name = registered_model_name(spec, manifest)
     for metric in ("fid1", "fid2"):
         top = tracking.best_trials(client, experiment_id, metric, sweep_name, top=1, mode=spec.search.mode)
         if not top:

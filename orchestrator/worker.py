@@ -93,8 +93,9 @@ def train_loop(config: dict[str, Any]) -> None:
     total = cfg.total_steps
     eval_every, log_every = int(config["eval_every"]), int(config["log_every"])
     wall0, cpu0 = time.time(), _cpu_seconds()
+    # running sums and counts per key: some logs (grad_cos, loss_fm) appear only on some steps
     running: dict[str, float] = {}
-    n_running = 0
+    counts: dict[str, int] = {}
 
     def evaluate_and_report(step: int) -> None:
         metrics: dict[str, Any] = {"step": step, "total_steps": total}
@@ -134,7 +135,7 @@ def train_loop(config: dict[str, Any]) -> None:
             metrics.update(m)
             # the adaptive-weighted loss sits near 1 by construction; the unweighted MSE shows progress
             for key in ("loss", "loss_unweighted"):
-                metrics[key] = running[key] / n_running if n_running and key in running else float("nan")
+                metrics[key] = running[key] / counts[key] if counts.get(key) else float("nan")
         ray.train.report(metrics, checkpoint=checkpoint)
         if checkpoint is not None:  # report() has copied it into the run's storage
             shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -153,12 +154,12 @@ def train_loop(config: dict[str, Any]) -> None:
             raise
         for k, v in logs.items():
             running[k] = running.get(k, 0.0) + float(v)
-        n_running += 1
+            counts[k] = counts.get(k, 0) + 1
         step = trainer.step
         if rank == 0 and step % log_every == 0:
-            log.metrics({k: v / n_running for k, v in running.items()}, step)
+            log.metrics({k: v / counts[k] for k, v in running.items()}, step)
         if step % eval_every == 0 or step == total:
             evaluate_and_report(step)
-            running, n_running = {}, 0
+            running, counts = {}, {}
         elif step % log_every == 0:
-            running, n_running = {}, 0
+            running, counts = {}, {}

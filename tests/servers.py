@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def free_port() -> int:
@@ -77,6 +78,10 @@ def ray_head(root: Path, num_cpus: int = 6):
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--num-cpus", str(num_cpus), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
            "--temp-dir", str(temp), "--disable-usage-stats"]
+    # Ray rewrites a loopback address to the machine's own IP when a driver connects; this variable (meant for
+    # single-machine clusters) keeps it on loopback, where the head listens. It is set for this test's processes.
+    saved = os.environ.get(LOOPBACK_VAR)
+    os.environ[LOOPBACK_VAR] = "0"
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     if out.returncode != 0:
         raise RuntimeError(f"ray start failed: {out.stderr[-2000:]}")
@@ -84,3 +89,7 @@ def ray_head(root: Path, num_cpus: int = 6):
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        if saved is None:
+            os.environ.pop(LOOPBACK_VAR, None)
+        else:
+            os.environ[LOOPBACK_VAR] = saved
