@@ -133,6 +133,9 @@ def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.train.threads_per_worker))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our reporter: the trial table with the searched parameters
+    # Tune snapshots the sweep (trials, searcher) at most every 10 s by default; a driver that dies in between
+    # loses the trials it started since. The state is small: snapshot every 2 s (resume reconciles the rest).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if ray.is_initialized():
         return None
     address = address or spec.ray.address
@@ -294,10 +297,55 @@ def resume(sweep_name: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None
     tuner = tune.Tuner.restore(str(sweep_dir), trainable=tune.with_resources(run_trial, {"cpu": 1}),
                                resume_unfinished=True, resume_errored=True)
     grid = _fit(tuner, client, parent_run_id)
+    lost = reconcile_lost_trials(client, experiment_id, sweep_name, grid, f"sqlite:///{run_dir / 'optuna.db'}")
+    if lost:
+        echo(f"afsweep: {len(lost)} trial(s) started just before the driver died were not in its last snapshot; "
+             f"their MLflow runs are marked lost and deleted, new trials took their place: {', '.join(lost)}")
     outcome = _finish(client, spec, sweep_name, parent_run_id, uri, experiment_id, grid, manifest, t0)
     outcome.dashboard_url = dashboard_url
     ray.shutdown()
     return outcome
+
+
+def _grid_trial_ids(grid) -> set[str]:
+    ids = set()
+    for r in grid:
+        tid = (r.metrics or {}).get("trial_id")
+        if not tid and r.path:  # trial folders are named <trainable>_<trial_id>_<n>_<params>...
+            parts = Path(r.path).name.split("_")
+            tid = parts[2] if len(parts) > 2 else None
+        if tid:
+            ids.add(str(tid))
+    return ids
+
+
+def reconcile_lost_trials(client, experiment_id: str, sweep_name: str, grid, optuna_url: str) -> list[str]:
+    """After a resume: a trial the dead driver started after its last snapshot is unknown to the restored sweep,
+    which ran a new trial instead. Its MLflow run is tagged lost and soft-deleted (no duplicate child run), and its
+    Optuna trial, left RUNNING, is marked FAIL so the study holds no phantom."""
+    import optuna
+
+    known = _grid_trial_ids(grid)
+    lost = []
+    for trial_id, run_id in _trial_runs(client, experiment_id, sweep_name).items():
+        if trial_id not in known:
+            client.set_tag(run_id, tracking.STATUS_TAG, "lost")
+            client.set_terminated(run_id, status="KILLED")
+            client.delete_run(run_id)
+            lost.append(trial_id)
+    try:
+        study = optuna.load_study(study_name=sweep_name, storage=optuna_url)
+    except KeyError:  # no study (random search without storage): nothing to mark
+        return lost
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return lost
+
+
+def _trial_runs(client, experiment_id: str, sweep: str) -> dict[str, str]:
+    runs = client.search_runs([experiment_id], f"tags.`{tracking.KIND_TAG}` = 'trial' and "
+                                               f"tags.`{tracking.SWEEP_TAG}` = '{sweep}'", max_results=10_000)
+    return {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in runs}
 
 
 def _reporter(spec: SweepSpec):

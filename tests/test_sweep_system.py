@@ -177,10 +177,15 @@ def test_resume_after_driver_sigkill(tmp_path, fashion_manifest):
         if r.data.tags["afsweep.trial_id"] in killed_after:
             steps = [m.step for m in client.get_metric_history(r.info.run_id, "fid1")]
             assert sorted(steps) == sorted(set(steps)) == [0, 20, 40, 60], steps
-    trial_dirs = [d for d in (run_dir / "ray" / sweep).iterdir() if d.is_dir() and d.name.startswith("run_trial")]
-    assert len(trial_dirs) == 3, [d.name for d in trial_dirs]
+    from ray import tune
+
+    from orchestrator.trial import run_trial
+
+    grid = tune.Tuner.restore(str(run_dir / "ray" / sweep), trainable=run_trial).get_results()
+    assert len(grid) == 3 and all(r.error is None for r in grid)  # Ray: every trial once, none failed
     study = optuna.load_study(study_name=sweep, storage=f"sqlite:///{run_dir / 'optuna.db'}")
-    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials), \
-        [t.state.name for t in study.trials]
+    states = [t.state.name for t in study.trials]
+    # a trial started after the dead driver's last snapshot is marked FAIL (never a phantom RUNNING)
+    assert states.count("COMPLETE") == 3 and set(states) <= {"COMPLETE", "FAIL"}, states
     parent = client.search_runs([runs[0].info.experiment_id], "tags.`afsweep.kind` = 'sweep'")[0]
     assert parent.info.status == "FINISHED"
