@@ -91,6 +91,10 @@ class DataSpec(_Strict):
     manifest: str | None = None
     mode: Literal["resampled", "exact"] = "resampled"
     loader_workers: int = Field(0, ge=0)
+    on_corrupt: Literal["raise", "skip"] = Field("raise", description="a corrupt sample fails the trial, or is "
+                                                "skipped, counted and logged")
+    verify: Literal["size", "sha256"] = Field("size", description="how each shard is checked against the manifest")
+    cache_dir: str | None = Field(None, description="keep S3 shards in this local folder after their first read")
 
     @model_validator(mode="before")
     @classmethod

@@ -211,6 +211,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         "tracking_uri": tracking_uri, "base_config": config_to_dict(cfg), "base_overrides": spec.base.overrides,
         "preset": spec.base.preset, "seed": spec.search.seed * 1000,
         "manifest": manifest_url, "data_mode": spec.data.mode, "loader_workers": spec.data.loader_workers,
+        "on_corrupt": spec.data.on_corrupt, "verify": spec.data.verify, "cache_dir": spec.data.cache_dir,
         "workers": spec.train.workers, "use_gpu": spec.train.use_gpu, "cpus_per_worker": spec.train.cpus_per_worker,
         "threads_per_worker": spec.train.threads_per_worker, "log_every": spec.train.log_every,
         "eval_every": spec.train.eval_every, "eval_samples": spec.train.eval_samples,

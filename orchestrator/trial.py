@@ -65,6 +65,9 @@ def run_trial(config: dict[str, Any]) -> None:
             "manifest": s["manifest"],
             "data_mode": s["data_mode"],
             "loader_workers": s["loader_workers"],
+            "on_corrupt": s["on_corrupt"],
+            "verify": s["verify"],
+            "cache_dir": s["cache_dir"],
             "tracking_uri": s["tracking_uri"],
             "run_id": run_id,
             "threads": s["threads_per_worker"],
@@ -72,7 +75,6 @@ def run_trial(config: dict[str, Any]) -> None:
             "eval_every": s["eval_every"],
             "eval_samples": s["eval_samples"],
             "extractor": s["extractor"],
-            "fid_reference": s["fid_reference"],
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=s["workers"], use_gpu=s["use_gpu"], resources_per_worker={"CPU": s["cpus_per_worker"]},

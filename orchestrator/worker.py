@@ -77,12 +77,14 @@ def train_loop(config: dict[str, Any]) -> None:
     per_rank_batch = max(1, cfg.batch_size // world)
     loader = make_train_loader(config["manifest"], batch_size=per_rank_batch, rank=rank, world_size=world,
                                seed=cfg.seed, mode=config["data_mode"], num_workers=config["loader_workers"],
-                               position=position)
+                               position=position, on_corrupt=config.get("on_corrupt", "raise"),
+                               verify=config.get("verify", "size"), cache_dir=config.get("cache_dir"))
 
     log = _RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
     if rank == 0:
         extractor = load_extractor(config["extractor"])
-        reference = ReferenceStats.load(config["fid_reference"])
+        # this node's own copy (an S3 manifest's statistics are cached locally by read_manifest on each node)
+        reference = ReferenceStats.load(manifest.fid_reference)
         codec = get_codec(manifest.codec)
         mean = torch.tensor(manifest.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(manifest.std, dtype=torch.float32).view(1, -1, 1, 1)
