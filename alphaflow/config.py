@@ -111,11 +111,19 @@ CHOICES = {
     "alpha.unit": ("fraction", "steps"),
     "ratio_fm.unit": ("fraction", "steps"),
     "time.sampler": ("logit_normal", "uniform", "r_ut"),
-    "time.fm_sampler": ("same", "logit_normal", "uniform"),
     "loss.reduce": ("mean", "sum"),
     "precision": ("fp32", "bf16"),
     "sampling.two_nfe": ("ode", "consistency"),
 }
+
+
+def _choices(key: str) -> tuple | None:
+    """The allowed values of a key; the r = t samplers come from their registry, so users can add their own."""
+    if key == "time.fm_sampler":
+        from alphaflow.timesteps import FM_SAMPLERS
+
+        return tuple(FM_SAMPLERS)
+    return CHOICES.get(key)
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
@@ -166,8 +174,9 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
         if dataclasses.is_dataclass(typ):
             raise ConfigError(f"{key}: is a section; set its fields, e.g. {key}.{dataclasses.fields(typ)[0].name}")
         value = _coerce(key, value, typ)
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, CHOICES[key]))}")
+        allowed = _choices(key)
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
         setattr(target, name, value)
     validate(cfg)
     return cfg

@@ -45,11 +45,11 @@ class _Group(click.Group):
 
 
 def _data_error_type():
-    try:
-        from alphaflow.data import DataError
-    except ImportError:
-        return None
-    return DataError
+    """The library's expected errors (data, metrics): each is one line naming what and where."""
+    from alphaflow.data import DataError
+    from alphaflow.metrics.errors import MetricsError
+
+    return (DataError, MetricsError)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -149,3 +149,45 @@ def inspect(url, verify, as_json):
         if bad:
             raise DataError(f"{m.url}: {bad} of {len(m.shards)} shards failed verification")
         click.echo(f"verified {len(m.shards)} shards, {m.num_samples} samples")
+
+
+@data.command()
+@click.argument("source")
+@click.option("--extractor", required=True,
+              help="Feature extractor: fashion-mnist-cnn, digits-cnn, inception-v3-tf[:PATH], dinov2:PATH.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the statistics (.npz).")
+@click.option("--split", default="test", show_default=True, help="Built-in data sets: which split.")
+@click.option("--resolution", type=int, default=None, help="Image folders: resize (center crop) to N x N.")
+@click.option("--n", "limit", type=int, default=50_000, show_default=True,
+              help="Use at most this many images (a seeded random subset).")
+@click.option("--dataset-id", default=None, help="Recorded in the statistics (default: from the source).")
+def reference(source, extractor, out, split, resolution, limit, dataset_id):
+    """FID reference statistics (mu, sigma, real features for precision/recall/KID) of SOURCE's real images: a
+    built-in data set (fashion-mnist, digits) or an image folder, for an existing data set or another extractor."""
+    import numpy as np
+
+    from alphaflow.data.prepare import _load_image, list_image_folder
+    from alphaflow.data.sources import BUILTIN_DATASETS, load_builtin
+    from alphaflow.metrics import compute_reference_stats, load_extractor
+
+    rng = np.random.default_rng(0)
+    if source in BUILTIN_DATASETS:
+        images, _ = load_builtin(source, split)
+        images = images[np.sort(rng.permutation(len(images))[:limit])]
+        dataset_id = dataset_id or f"{source}:{split}"
+    else:
+        files, _, _ = list_image_folder(source)
+        if resolution is None:
+            raise click.UsageError("an image folder needs --resolution")
+        picked = np.sort(rng.permutation(len(files))[:limit])
+        images = np.stack([_load_image(files[i], resolution, 3) for i in picked])
+        dataset_id = dataset_id or Path(source).name
+    ext = load_extractor(extractor)
+    click.echo(f"computing {ext.id} statistics of {len(images)} images of {dataset_id}...", err=True)
+    t0 = time.time()
+    stats = compute_reference_stats(images, ext, dataset_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stats.save(str(out))
+    click.echo(f"{out}: n={stats.n}, {len(stats.mu)}-d features of {ext.id}, data set {dataset_id} "
+               f"({time.time() - t0:.0f} s)")

