@@ -34,27 +34,34 @@ def eval_inputs(n: int, image_shape: tuple[int, ...], num_classes: int, seed: in
     return noise, labels
 
 
+def score_sampler(sample_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], decode_fn: DecodeFn,
+                  image_shape: tuple[int, ...], num_classes: int, extractor, reference, n: int, seed: int = 1234,
+                  batch_size: int = 500) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """One sampler (noise, labels) -> latents, scored on the fixed evaluation inputs: (metrics, images, labels)."""
+    noise, labels = eval_inputs(n, image_shape, num_classes, seed)
+    chunks = []
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            chunks.append(decode_fn(sample_fn(noise[i:i + batch_size], labels[i:i + batch_size])))
+    imgs = np.concatenate(chunks)
+    m = sample_metrics(imgs, labels.numpy(), extractor, reference)
+    return {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}, imgs, labels.numpy()
+
+
 def evaluate_generator(sample_fn: SampleFn, decode_fn: DecodeFn, image_shape: tuple[int, ...], num_classes: int,
                        extractor, reference, n: int, seed: int = 1234, two_nfe_name: str = "ode",
                        batch_size: int = 500) -> EvalResult:
-    noise, labels = eval_inputs(n, image_shape, num_classes, seed)
     metrics: dict[str, float] = {}
     images: dict[int, np.ndarray] = {}
+    labels = None
     for nfe in (1, 2):
-        chunks = []
-        with torch.no_grad():
-            for i in range(0, n, batch_size):
-                z = sample_fn(noise[i:i + batch_size], labels[i:i + batch_size], nfe)
-                chunks.append(decode_fn(z))
-        imgs = np.concatenate(chunks)
-        images[nfe] = imgs
-        m = sample_metrics(imgs, labels.numpy(), extractor, reference)
-        name = f"fid{nfe}"
-        metrics[name] = float(m["fid"])
+        m, images[nfe], labels = score_sampler(lambda z, y: sample_fn(z, y, nfe), decode_fn, image_shape,
+                                               num_classes, extractor, reference, n, seed, batch_size)
+        metrics[f"fid{nfe}"] = m["fid"]
         if nfe == 2:
-            metrics[f"fid2_{two_nfe_name}"] = float(m["fid"])
+            metrics[f"fid2_{two_nfe_name}"] = m["fid"]
         for k, v in m.items():
-            if k not in ("fid", "n") and isinstance(v, (int, float)):
-                metrics[f"{k}{nfe}"] = float(v)
+            if k not in ("fid", "n"):
+                metrics[f"{k}{nfe}"] = v
     metrics["eval_n"] = float(n)
-    return EvalResult(metrics=metrics, images=images, labels=labels.numpy())
+    return EvalResult(metrics=metrics, images=images, labels=labels)

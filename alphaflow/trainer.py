@@ -21,6 +21,7 @@ from alphaflow.ema import EMA
 from alphaflow.model import build_model
 from alphaflow.objective import alpha_flow_loss
 from alphaflow.sampling import sample as sample_fn
+from alphaflow.sampling import sample_n_step
 from alphaflow.schedules import schedule_value
 
 EVAL_NOISE_SEED = 424242   # fresh noise of 2-NFE consistency sampling
@@ -132,6 +133,18 @@ class Trainer:
             with ctx, torch.no_grad():
                 out = sample_fn(self.model, noise.to(self.device, torch.float32), y, nfe=nfe, mode=s.two_nfe,
                                 t_mid=s.t_mid, generator=gen)
+        finally:
+            self.model.train()
+        return out.float().cpu()
+
+    def sample_velocity(self, noise: torch.Tensor, y: torch.Tensor, steps: int, ema: bool = True,
+                        half_life: float | None = None) -> torch.Tensor:
+        """`steps` Euler steps of the instantaneous velocity u(z, t, t): a probe of how well v is learned."""
+        self.model.eval()
+        ctx = self.ema.swapped(self.model, half_life) if ema else contextlib.nullcontext()
+        try:
+            with ctx, torch.no_grad():
+                out = sample_n_step(self.model, noise.to(self.device, torch.float32), y, steps)
         finally:
             self.model.train()
         return out.float().cpu()

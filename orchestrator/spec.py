@@ -118,6 +118,7 @@ class TrainSpec(_Strict):
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(100, ge=1)
     eval_samples: int = Field(1000, ge=10)
+    eval_nstep: int = Field(0, ge=0, description="also score N Euler steps of u(z, t, t) as fid_v<N> (0: off)")
 
 
 class EarlyStoppingSpec(_Strict):

@@ -221,6 +221,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         "workers": spec.train.workers, "use_gpu": spec.train.use_gpu, "cpus_per_worker": spec.train.cpus_per_worker,
         "threads_per_worker": spec.train.threads_per_worker, "log_every": spec.train.log_every,
         "eval_every": spec.train.eval_every, "eval_samples": spec.train.eval_samples,
+        "eval_nstep": spec.train.eval_nstep,
         "extractor": extractor, "fid_reference": manifest.fid_reference,
         "train_storage": str(run_dir / "ray" / sweep_name / "train"),
     }

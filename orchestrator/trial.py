@@ -74,6 +74,7 @@ def run_trial(config: dict[str, Any]) -> None:
             "log_every": s["log_every"],
             "eval_every": s["eval_every"],
             "eval_samples": s["eval_samples"],
+            "eval_nstep": s.get("eval_nstep", 0),
             "extractor": s["extractor"],
         },
         scaling_config=ray.train.ScalingConfig(

@@ -49,6 +49,24 @@ def _cpu_seconds() -> float:
     return t.user + t.system
 
 
+def _probes(trainer, cfg, decode, image_shape, num_classes: int, extractor, reference, n: int,
+            nstep: int) -> dict[str, float]:
+    """Extra scores on the same inputs: fid1 of every extra EMA half-life (fid1_ema<h>), and the N-step sampler of
+    the instantaneous velocity u(z, t, t) (fid_v<N>, a probe of how well v is learned)."""
+    from alphaflow.evaluation import score_sampler
+
+    out = {}
+    for hl in cfg.ema.extra_half_lives:
+        m, _, _ = score_sampler(lambda z, y, hl=hl: trainer.sample(z, y, nfe=1, half_life=hl), decode, image_shape,
+                                num_classes, extractor, reference, n)
+        out[f"fid1_ema{hl:g}"] = m["fid"]
+    if nstep > 0:
+        m, _, _ = score_sampler(lambda z, y: trainer.sample_velocity(z, y, steps=nstep), decode, image_shape,
+                                num_classes, extractor, reference, n)
+        out[f"fid_v{nstep}"] = m["fid"]
+    return out
+
+
 def train_loop(config: dict[str, Any]) -> None:
     import ray.train
 
@@ -99,18 +117,23 @@ def train_loop(config: dict[str, Any]) -> None:
     running: dict[str, float] = {}
     counts: dict[str, int] = {}
 
+    def decode(z: torch.Tensor):
+        return codec.decode(z * std + mean)
+
     def evaluate_and_report(step: int) -> None:
         metrics: dict[str, Any] = {"step": step, "total_steps": total}
         checkpoint = None
         if rank == 0:
             result = evaluate_generator(
                 sample_fn=lambda z, y, nfe: trainer.sample(z, y, nfe=nfe, ema=True),
-                decode_fn=lambda z: codec.decode(z * std + mean),
+                decode_fn=decode,
                 image_shape=tuple(manifest.image_shape), num_classes=manifest.num_classes,
                 extractor=extractor, reference=reference, n=int(config["eval_samples"]),
                 two_nfe_name=cfg.sampling.two_nfe,
             )
             m = dict(result.metrics)
+            m.update(_probes(trainer, cfg, decode, tuple(manifest.image_shape), manifest.num_classes, extractor,
+                             reference, int(config["eval_samples"]), int(config.get("eval_nstep", 0))))
             improved = m["fid1"] < best["fid1"]
             if improved:
                 best["fid1"], best["fid1_step"] = m["fid1"], step

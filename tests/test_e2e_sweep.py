@@ -20,8 +20,8 @@ name: e2e
 data: {dataset: fashion-mnist}
 base:
   preset: tiny-cpu
-  overrides: {total_steps: 30, batch_size: 32, model.size: micro}
-train: {workers: 2, eval_every: 15, log_every: 5, eval_samples: 200}
+  overrides: {total_steps: 30, batch_size: 32, model.size: micro, ema.extra_half_lives: [10]}
+train: {workers: 2, eval_every: 15, log_every: 5, eval_samples: 200, eval_nstep: 4}
 search:
   num_trials: 2
   max_concurrent: 2
@@ -77,7 +77,9 @@ def test_mlflow_parent_and_child_runs(sweep):
         p = child.data.params
         assert "alpha.k_e" in p and "optim.lr" in p and "total_steps" in p
         assert 0.3 <= float(p["alpha.k_e"]) <= 0.5
-        for metric in ("loss", "alpha", "fid1", "fid2", "fid1_best"):
+        # the training curves, the scores, and the probes: an extra EMA half-life and N steps of u(z, t, t)
+        for metric in ("loss", "loss_unweighted", "alpha", "ratio_fm", "lr", "fid1", "fid2", "fid1_best",
+                       "fid1_best_step", "fid1_ema10", "fid_v4", "class_acc1", "cpu_s", "wall_s"):
             hist = client.get_metric_history(child.info.run_id, metric)
             assert hist, f"{metric} not logged"
         fid1 = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "fid1")}
