@@ -12,8 +12,14 @@ reading them.
 - resampled: each slot draws whole shards with replacement (probability proportional to their sample counts),
   seeded by (seed, slot, draw), and shuffles inside each: WebDataset's resampled mode, made resumable.
 
-Batches are formed inside the workers; torch's DataLoader takes them from the workers in strict rotation, which
-the position records (`next_worker`), so a resumed loader continues with exactly the batches that would have come.
+Batches are formed inside the workers and handed out in strict rotation over the workers, which the position
+records (`next_worker`), so a resumed loader continues with exactly the batches that would have come. A worker
+sends several batches per message (a "chunk", up to CHUNK_BYTES), written into shared-memory buffers that are
+reused once the trainer holds no batch of them: per message torch passes each new shared tensor's handle over a
+socket, a round trip between the processes that would otherwise cost more than the batch itself. The trainer
+process splits the chunks back into batches, each carrying its own stream counter, so chunk boundaries change
+nothing about order or resuming. A batch the trainer keeps is a view that keeps its chunk's buffer out of the pool
+(the worker then takes fresh shared memory).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ log = logging.getLogger("alphaflow.data")
 
 MODES = ("resampled", "exact")
 POSITION_VERSION = 1
+CHUNK_BYTES = 8 << 20
 
 
 class SlotPlan:
@@ -139,42 +146,121 @@ class _Reader:
         return d
 
 
-class _SlotStream(torch.utils.data.IterableDataset):
-    """The batches of this rank's slots; in a DataLoader worker, of the slot that worker serves."""
+class _ChunkPool:
+    """Shared-memory buffers for the workers' chunks, made before the workers start (so every process maps the
+    same ones) and reused: a chunk in a pooled buffer crosses to the trainer as its index alone, and neither side
+    pays page faults on fresh memory again. A buffer is free again once the trainer holds no view of it (the
+    storage's use count, as torch's cudagraph trees check their outputs); with none free a worker takes fresh
+    shared memory, sent along with the chunk, so a trainer keeping its batches is never short-changed."""
 
-    def __init__(self, loader: "TrainLoader"):
+    def __init__(self, slots: int, per_slot: int, shape: tuple[int, ...]):
+        nbytes = 4 * int(np.prod(shape))
+        self.shape = shape
+        self.storages = [[torch.UntypedStorage._new_shared(nbytes) for _ in range(per_slot)] for _ in range(slots)]
+        self.busy = torch.zeros((slots, per_slot), dtype=torch.uint8).share_memory_()   # 1: a worker's or ours
+        self._held: list[tuple[int, int]] = []     # trainer side: buffers received and not yet given back
+
+    def view(self, storage: torch.UntypedStorage, n: int) -> torch.Tensor:
+        return torch.empty(0, dtype=torch.float32).set_(storage, 0, (n, *self.shape[1:]))
+
+    def take(self, slot: int, n: int) -> tuple[int, torch.Tensor]:
+        """Worker side: (buffer index, or -1 for fresh memory; a float32 (n, B, C, H, W) tensor to fill)."""
+        free = np.flatnonzero(self.busy[slot].numpy() == 0)
+        if len(free) == 0:
+            return -1, torch.empty(0, dtype=torch.float32).set_(
+                torch.UntypedStorage._new_shared(4 * n * int(np.prod(self.shape[1:]))), 0, (n, *self.shape[1:]))
+        i = int(free[0])
+        self.busy[slot, i] = 1
+        return i, self.view(self.storages[slot][i], n)
+
+    def received(self, slot: int, i: int, n: int) -> torch.Tensor:
+        self._held.append((slot, i))
+        return self.view(self.storages[slot][i], n)
+
+    def release_unused(self) -> None:
+        """Trainer side: hand back the buffers no batch still points into (1 = our own reference)."""
+        keep = []
+        for slot, i in self._held:
+            if torch._C._storage_Use_Count(self.storages[slot][i]._cdata) == 1:
+                self.busy[slot, i] = 0
+            else:
+                keep.append((slot, i))
+        self._held = keep
+
+
+class _SlotStream(torch.utils.data.IterableDataset):
+    """The batches of this rank's slots; in a DataLoader worker, chunks of batches of the slot that worker serves."""
+
+    def __init__(self, loader: "TrainLoader", pool: _ChunkPool | None = None):
         super().__init__()
+        self.pool = pool
         self.m = loader.manifest
         self.mode, self.seed, self.rank = loader.mode, loader.seed, loader.rank
         self.nw, self.num_slots, self.batch_size = loader.slots_per_rank, loader.num_slots, loader.batch_size
         self.counts = list(loader._counts)
         self.shift = loader._next_worker
         self.verify, self.cache_dir, self.on_corrupt = loader.verify, loader.cache_dir, loader.on_corrupt
+        self.chunk = loader.chunk
         c = self.m.image_shape[0]
         self.mean = np.asarray(self.m.mean, np.float32).reshape(c, 1, 1)
         self.inv_std = (1.0 / np.asarray(self.m.std, np.float32)).reshape(c, 1, 1)
         self.inv_std_t = torch.from_numpy(self.inv_std)
         self.shift_t = torch.from_numpy(-self.mean * self.inv_std)   # (x - mean) / std = x * inv_std + shift
-        self.in_worker = loader.num_workers > 0
+        self.posterior = self.m.latent_store == "posterior"
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        if info is None:
-            locals_ = [(w + self.shift) % self.nw for w in range(self.nw)]  # all slots, rotated, in this process
-        else:
+        if info is not None:
             torch.set_num_threads(1)
-            locals_ = [(info.id + self.shift) % self.nw]
+            yield from self._chunks((info.id + self.shift) % self.nw)
+            return
+        # no workers: every slot of this rank, rotated, in this process, one batch at a time
+        locals_ = [(w + self.shift) % self.nw for w in range(self.nw)]
         streams = [self._batches(local) for local in locals_]
-        try:
-            while True:
-                for s in streams:
-                    yield next(s)
-        except DataError as e:
-            if not self.in_worker:
-                raise
-            yield {"error": str(e)}  # torch would wrap it in a multi-line traceback; the main process re-raises
+        while True:
+            for local, s in zip(locals_, streams):
+                parts, counter, skipped = next(s)
+                x = torch.empty((self.batch_size, *self.m.image_shape), dtype=torch.float32)
+                y, keys = self._fill(x, parts, local, counter)
+                yield {"x": x, "y": torch.from_numpy(y), "keys": keys.tolist(), "local": local, "counter": counter,
+                       "skipped": skipped}
+
+    def _chunks(self, local: int):
+        """Batches of one slot, several to a message: each message to the trainer process costs a round trip
+        between the processes (the shared-memory handle is passed over a socket), so one per batch would dominate.
+        The chunks grow 1, 2, 4, ... up to self.chunk batches, so the first batch comes quickly. Chunk boundaries
+        don't matter for resuming: every batch carries its own stream counter."""
+        batches = self._batches(local)
+        size = 1
+        while True:
+            buf, x = self.pool.take(local, size)   # shared memory: the chunk crosses to the trainer uncopied
+            y = np.empty((size, self.batch_size), np.int64)
+            keys, counters, skipped = [], [], []
+            try:
+                for j in range(size):
+                    parts, counter, skip = next(batches)
+                    y[j], k = self._fill(x[j], parts, local, counter)
+                    keys.append(k)
+                    counters.append(counter)
+                    skipped.append(skip)
+            except DataError as e:
+                # the batches before the error still count (and come in their turn); then the error, as one line:
+                # torch would wrap an exception in a multi-line traceback, so the trainer process re-raises it
+                if keys:
+                    yield self._message(buf, x, y, keys, local, counters, skipped)
+                yield {"error": str(e), "local": local}
+                return
+            yield self._message(buf, x, y, keys, local, counters, skipped)
+            size = min(2 * size, self.chunk)
+
+    @staticmethod
+    def _message(buf, x, y, keys, local, counters, skipped) -> dict:
+        n = len(keys)
+        return {"buf": buf, "x": x[:n] if buf < 0 else None, "n": n, "y": y[:n], "keys": keys, "local": local,
+                "counters": counters, "skipped": skipped}
 
     def _batches(self, local: int):
+        """(parts, counter, skipped) per batch of one slot: parts are (decoded shard, sample indices) pairs."""
         slot = self.rank * self.nw + local
         plan = SlotPlan([r.num_samples for r in self.m.shards], self.mode, self.seed, slot, self.num_slots,
                         self.batch_size)
@@ -182,7 +268,6 @@ class _SlotStream(torch.utils.data.IterableDataset):
         counter = self.counts[local]
         parts: list[tuple[DecodedShard, np.ndarray]] = []
         have = skipped = 0
-        posterior = self.m.latent_store == "posterior"
         segments = plan.segments(counter)
         upcoming = next(segments)
         while True:
@@ -203,31 +288,31 @@ class _SlotStream(torch.utils.data.IterableDataset):
                     parts.append((d, take))
                     have += len(take)
                 if have == self.batch_size:
-                    yield self._collate(parts, local, counter, skipped, posterior)
+                    yield parts, counter, skipped
                     parts, have, skipped = [], 0, 0
 
-    def _collate(self, parts, local: int, counter: int, skipped: int, posterior: bool) -> dict:
+    def _fill(self, x: torch.Tensor, parts, local: int, counter: int) -> tuple[np.ndarray, np.ndarray]:
+        """Writes one batch's normalised latents into x (float32 (B, C, H, W)); returns its labels and keys."""
         y = np.concatenate([d.labels[i] for d, i in parts])
-        keys = np.concatenate([d.keys[i] for d, i in parts]).tolist()
-        if posterior:  # a fresh draw from the stored posterior, seeded by where we are in the stream
+        keys = np.concatenate([d.keys[i] for d, i in parts])
+        if self.posterior:  # a fresh draw from the stored posterior, seeded by where we are in the stream
             lat = np.concatenate([d.latents[i] for d, i in parts]).astype(np.float32)
             c = lat.shape[1] // 2
             eps = np.random.default_rng([self.seed, 3, self.rank * self.nw + local, counter]).standard_normal(
                 lat[:, :c].shape, dtype=np.float32)
             lat = lat[:, :c] + np.exp(0.5 * lat[:, c:]) * eps
             lat -= self.mean
-            x = torch.from_numpy(lat)
+            x.copy_(torch.from_numpy(lat)).mul_(self.inv_std_t)
         else:  # gather in the stored dtype; torch widens float16 several times faster than numpy
             lat = np.concatenate([d.latents[i] for d, i in parts]) if len(parts) > 1 else parts[0][0].latents[parts[0][1]]
-            if self.in_worker:  # write straight into shared memory: the batch then crosses to the trainer uncopied
-                x = torch.empty(lat.shape, dtype=torch.float32).share_memory_().copy_(torch.from_numpy(lat))
-            else:
-                x = torch.from_numpy(lat).float()
-            x.mul_(self.inv_std_t).add_(self.shift_t)
-        if posterior:
-            x.mul_(self.inv_std_t)
-        return {"x": x, "y": torch.from_numpy(y), "keys": keys, "local": local, "counter": counter,
-                "skipped": skipped}
+            x.copy_(torch.from_numpy(lat)).mul_(self.inv_std_t).add_(self.shift_t)
+        return y, keys
+
+
+def _as_is(item: dict) -> dict:
+    """The DataLoader's collate_fn: torch's default would turn the labels (numpy) into a tensor in the worker, and
+    every tensor crosses to the trainer by its own socket round trip; a small numpy array rides in the message."""
+    return item
 
 
 class TrainLoader:
@@ -257,6 +342,9 @@ class TrainLoader:
         self.mode, self.num_workers, self.prefetch = mode, num_workers, prefetch
         self.on_corrupt, self.verify, self.cache_dir = on_corrupt, verify, cache_dir
         self.slots_per_rank = max(1, num_workers)
+        # batches per worker message (see _SlotStream._chunks): up to CHUNK_BYTES of float32 latents, at most 16
+        batch_bytes = 4 * batch_size * int(np.prod(self.manifest.image_shape))
+        self.chunk = int(min(16, max(1, CHUNK_BYTES // batch_bytes)))
         self.num_slots = world_size * self.slots_per_rank
         n = self.manifest.num_samples
         if mode == "exact" and n < self.num_slots * batch_size:
@@ -309,16 +397,22 @@ class TrainLoader:
         self._next_worker = self.batches % nw
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        ds = _SlotStream(self)
         if self.num_workers == 0:
-            items = iter(ds)
+            items = iter(_SlotStream(self))
+            batches = items
         else:
+            # `prefetch` counts batches per worker; a message holds up to `chunk` of them. Pool buffers per worker:
+            # the messages in flight, the one being filled, the one being handed out here, one the trainer holds.
+            messages = max(1, -(-self.prefetch // self.chunk))
+            pool = _ChunkPool(self.slots_per_rank, messages + 3,
+                              (self.chunk, self.batch_size, *self.manifest.image_shape))
+            ds = _SlotStream(self, pool)
             items = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
-                                                     prefetch_factor=self.prefetch, persistent_workers=False))
+                                                     prefetch_factor=messages, persistent_workers=False,
+                                                     collate_fn=_as_is))
+            batches = self._unchunk(items, pool)
         try:
-            for item in items:
-                if "error" in item:
-                    raise DataError(item["error"])
+            for item in batches:
                 local = item["local"]
                 self._counts[local] = item["counter"]
                 self._next_worker = (local + 1) % self.slots_per_rank
@@ -335,6 +429,34 @@ class TrainLoader:
             shutdown = getattr(items, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
+
+    def _unchunk(self, chunks, pool: _ChunkPool) -> Iterator[dict]:
+        """The workers' chunks as single batches in strict rotation over the slots, as without chunks: the batch
+        order (and so what a position means) does not depend on the chunk sizes."""
+        from collections import deque
+
+        queues: list[deque] = [deque() for _ in range(self.slots_per_rank)]
+        local = self._next_worker
+        while True:
+            while not queues[local]:
+                pool.release_unused()
+                c = next(chunks)
+                q = queues[c["local"]]
+                if "error" in c:
+                    q.append(c)
+                    continue
+                x = c["x"] if c["buf"] < 0 else pool.received(c["local"], c["buf"], c["n"])
+                y = torch.from_numpy(c["y"])
+                for j, (keys, counter, skipped) in enumerate(zip(c["keys"], c["counters"], c["skipped"])):
+                    q.append({"x": x[j], "y": y[j], "keys": keys, "counter": counter, "skipped": skipped,
+                              "local": c["local"]})
+                del x
+            item = queues[local].popleft()
+            if "error" in item:
+                raise DataError(item["error"])
+            item["keys"] = item["keys"].tolist()
+            yield item
+            local = (local + 1) % self.slots_per_rank
 
 
 def make_train_loader(url: str, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
