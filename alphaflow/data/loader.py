@@ -273,8 +273,10 @@ class _SlotStream(torch.utils.data.IterableDataset):
         while True:
             shard_index, idx = upcoming
             upcoming = next(segments)
-            reader.prefetch(upcoming[0])   # read the next shard while this one is turned into batches
             d = reader.shard(shard_index)
+            # read the next shard while this one is turned into batches (not before: the first shard would then
+            # share the bandwidth with the second, and the first batch wait for both)
+            reader.prefetch(upcoming[0])
             pos = 0
             while pos < len(idx):
                 take = idx[pos:pos + self.batch_size - have]
@@ -304,7 +306,8 @@ class _SlotStream(torch.utils.data.IterableDataset):
             lat -= self.mean
             x.copy_(torch.from_numpy(lat)).mul_(self.inv_std_t)
         else:  # gather in the stored dtype; torch widens float16 several times faster than numpy
-            lat = np.concatenate([d.latents[i] for d, i in parts]) if len(parts) > 1 else parts[0][0].latents[parts[0][1]]
+            lat = (np.concatenate([d.latents[i] for d, i in parts]) if len(parts) > 1
+                   else parts[0][0].latents[parts[0][1]])
             x.copy_(torch.from_numpy(lat)).mul_(self.inv_std_t).add_(self.shift_t)
         return y, keys
 
