@@ -20,6 +20,11 @@ RUN_DIR_OPTION = click.option(
 )
 
 
+def _one_line(e: Exception) -> str:
+    """An error message on one line whatever it quotes (a key or a value may hold a newline)."""
+    return str(e).replace("\r", "\\r").replace("\n", "\\n")
+
+
 class _Group(click.Group):
     """Turns the project's own error types into one line and an exit code."""
 
@@ -31,15 +36,15 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (SpecError, ConfigError) as e:
-            click.echo(f"afsweep: error: {e}", err=True)
+            click.echo(f"afsweep: error: {_one_line(e)}", err=True)
             sys.exit(2)
         except (SweepError, TrackingError) as e:
-            click.echo(f"afsweep: error: {e}", err=True)
+            click.echo(f"afsweep: error: {_one_line(e)}", err=True)
             sys.exit(1)
         except Exception as e:
             data_error = _data_error_type()
             if data_error is not None and isinstance(e, data_error):
-                click.echo(f"afsweep: error: {e}", err=True)
+                click.echo(f"afsweep: error: {_one_line(e)}", err=True)
                 sys.exit(1)
             raise
 

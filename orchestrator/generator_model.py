@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import mlflow
 import numpy as np
@@ -43,13 +44,31 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         return self.codec.decode(z * self.std + self.mean)
 
 
+@contextmanager
+def global_tracking_uri(uri: str):
+    """MLflow's fluent API (log_model, and resolving a `models:/m-...` source when registering) uses the global
+    tracking URI, and MLflow exports it to the environment: set it for the block, then put both back."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = tracking_utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def log_generator_model(tracking_uri: str, run_id: str, checkpoint_path: str, name: str) -> str:
     """Log the pyfunc into an existing run (the trial's child run); returns its model URI (MLflow 3 keeps logged
     models apart from the run's artifacts: `models:/m-...`, not `runs:/<run>/<name>`)."""
+    with global_tracking_uri(tracking_uri):
+        return _log(run_id, checkpoint_path, name)
+
+
+def _log(run_id: str, checkpoint_path: str, name: str) -> str:
     import pandas as pd
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # MLflow's hints about integer columns, type-hinted predict() and input examples: the signature is explicit
         warnings.simplefilter("ignore", UserWarning)

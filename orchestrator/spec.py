@@ -173,8 +173,14 @@ class SweepSpec(_Strict):
 
 def _loc(err: dict) -> str:
     # pydantic adds the union member tag (e.g. "uniform") to the location of discriminated unions: keep it out
-    parts = [str(p) for p in err["loc"]]
+    parts = [_show_key(p) for p in err["loc"]]
     return ".".join(parts) or "(top level)"
+
+
+def _show_key(key) -> str:
+    """A key as it reads in the spec; quoted when it holds whitespace or control characters (one-line errors)."""
+    text = str(key)
+    return text if text and text.isprintable() and text.strip() == text else repr(text)
 
 
 def _first_error(path: str, e: ValidationError) -> SpecError:

@@ -215,6 +215,13 @@ def registered_uri_for_run(client: MlflowClient, run_id: str, metric: str | None
 def register_generator(client: MlflowClient, tracking_uri: str, run_id: str, model_name: str,
                        aliases: list[str]) -> str:
     """Log the trial's best checkpoint as a pyfunc generator (once per run) and point the aliases at it."""
+    from orchestrator.generator_model import global_tracking_uri
+
+    with global_tracking_uri(tracking_uri):
+        return _register(client, tracking_uri, run_id, model_name, aliases)
+
+
+def _register(client: MlflowClient, tracking_uri: str, run_id: str, model_name: str, aliases: list[str]) -> str:
     from orchestrator.generator_model import log_generator_model
 
     model_uri = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)

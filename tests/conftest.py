@@ -1,8 +1,23 @@
 """Shared pytest fixtures, each in its own module: the SeaweedFS S3 server (tests/s3_fixtures.py) and data
 prepared once per session (tests/shared_data.py)."""
 
+import os
+
+import pytest
 import torch
 
 pytest_plugins = ["tests.s3_fixtures", "tests.shared_data"]
 
 torch.set_num_threads(2)  # the test machine has 2 cores; keep each test's torch from oversubscribing them
+
+
+@pytest.fixture(autouse=True)
+def _keep_mlflow_uri():
+    """mlflow.set_tracking_uri() in a test sets MLFLOW_TRACKING_URI for the whole process, which every later CLI
+    subprocess would inherit (a dead test server, another test's store): restore it after each test."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
