@@ -1,0 +1,49 @@
+"""`afsweep preview` and `validate`: the planned trials come from the sweep's own sampler and seed, the rungs are
+Ray ASHA's, the plot is written; nothing is run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.preview import asha_rungs, plan_trials
+from orchestrator.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("grace, max_t, rf", [(180, 300, 2), (150, 300, 2), (10, 1000, 3), (360, 600, 2)])
+def test_rungs_match_ray_asha(grace, max_t, rf):
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    bracket = _Bracket(min_t=grace, max_t=max_t, reduction_factor=rf, s=0)
+    assert asha_rungs(grace, max_t, rf) == sorted(int(m) for m, _ in bracket._rungs)
+
+
+def test_plan_respects_space_and_conditions():
+    spec = load_spec(REPO / "sweeps" / "delta_t.yaml")
+    plan = plan_trials(spec)
+    assert len(plan.trials) == spec.search.num_trials
+    for params, cfg in zip(plan.trials, plan.configs):
+        assert ("loss.beta_k" in params) == params["loss.beta"]  # conditional parameter
+        assert cfg.loss.beta == params["loss.beta"] and -0.8 <= cfg.time.mu <= 0.0
+    assert plan.rungs and plan.rungs[0] >= plan.configs[0].alpha.k_e * plan.configs[0].total_steps
+    assert plan_trials(spec).trials == plan.trials  # seeded: the same plan every time
+
+
+def test_preview_cli_prints_plan_cost_and_writes_png(tmp_path):
+    png = tmp_path / "plan.png"
+    res = CliRunner().invoke(main, ["preview", str(REPO / "sweeps" / "curriculum.yaml"), "--png", str(png)])
+    assert res.exit_code == 0, res.output
+    assert "4 trials x 2 workers" in res.output
+    assert "ASHA rungs at steps 360" in res.output
+    assert "cost estimate: 2400 trial-steps" in res.output
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_validate_cli(tmp_path):
+    res = CliRunner().invoke(main, ["validate", str(REPO / "sweeps" / "cfg.yaml"), "--set", "search.num_trials=3"])
+    assert res.exit_code == 0 and "3 trials over 4 parameters" in res.output, res.output
