@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alphaflow.metrics.errors import MetricsError
-from alphaflow.metrics.extractors import FeatureExtractor, file_sha256
+from alphaflow.metrics.extractors import FeatureExtractor, RGBExtractor, as_rgb_float, file_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -180,7 +180,7 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], input_size: int = 224) -
                      pos_grid=pos_grid, layer_scale="blocks.0.ls1.gamma" in sd, input_size=input_size)
 
 
-class DINOv2Extractor(FeatureExtractor):
+class DINOv2Extractor(RGBExtractor, FeatureExtractor):
     batch_size = 32
 
     def __init__(self, path: str | Path, input_size: int = 224):
@@ -210,14 +210,8 @@ class DINOv2Extractor(FeatureExtractor):
         self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
-    def check_images(self, images: np.ndarray) -> None:
-        if images.shape[1] not in (1, 3):
-            raise MetricsError(f"{self.id}: expects 1 or 3 channels, got {images.shape[1]}")
-
     def _features_batch(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).float()
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        x = as_rgb_float(images)
         s = self.cfg.input_size
         if x.shape[2:] != (s, s):
             x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False).clamp_(0, 255)

@@ -61,6 +61,22 @@ def as_uint8_images(images, what: str = "images") -> np.ndarray:
     return images
 
 
+def as_rgb_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 1 or 3, H, W) -> float (N, 3, H, W) on 0..255: grey images repeated over RGB (ImageNet networks)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class RGBExtractor:
+    """Mixin of the ImageNet networks (Inception, DINOv2): they take grey or RGB images."""
+
+    id: str
+
+    def check_images(self, images: np.ndarray) -> None:
+        if images.shape[1] not in (1, 3):
+            raise MetricsError(f"{self.id}: expects 1 or 3 channels, got {images.shape[1]}")
+
+
 class FeatureExtractor(ABC):
     """The interface. Subclasses set id, sha256, dim, preprocess and implement _features_batch."""
 
@@ -164,7 +180,7 @@ def default_inception_path() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
 
 
-class InceptionExtractor(FeatureExtractor):
+class InceptionExtractor(RGBExtractor, FeatureExtractor):
     """Inception-v3 of the TF FID (2015-12-05 graph), 2048-d pool3 features.
 
     The TorchScript module takes (N, 3, 299, 299) float in [-1, 1) and does neither resizing nor normalisation
@@ -185,14 +201,8 @@ class InceptionExtractor(FeatureExtractor):
         self.dim = 2048
         self.preprocess = "bilinear 299x299; (x-128)/128"
 
-    def check_images(self, images: np.ndarray) -> None:
-        if images.shape[1] not in (1, 3):
-            raise MetricsError(f"{self.id}: expects 1 or 3 channels, got {images.shape[1]}")
-
     def _features_batch(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).float()
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        x = as_rgb_float(images)
         if x.shape[2:] != (299, 299):
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         return self.net((x - 128.0) / 128.0).reshape(len(images), -1)
