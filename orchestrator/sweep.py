@@ -114,6 +114,13 @@ def _free_port(preferred: int) -> int:
             return s.getsockname()[1]
 
 
+def dashboard_line(url: str) -> str:
+    """How to open the dashboard: Ray 2.60 asks for its token (the browser prompts; the API wants a header)."""
+    token = os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
+    return (f"afsweep: Ray dashboard: {url}  (the page asks for the cluster's token: `ray get-auth-token`, "
+            f"or the file {token}; API: curl -H \"Authorization: Bearer $(cat {token})\" {url}/api/jobs/)")
+
+
 def _use_token_auth_if_available() -> None:
     """Ray 2.60 clusters require a token; a connecting driver stays in 'disabled' mode unless told, even when the
     token file is there. Use the token when one is available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."""
@@ -210,7 +217,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
 
     dashboard_url = start_ray(spec, address, echo)
     if dashboard_url:
-        echo(f"afsweep: Ray dashboard: {dashboard_url}  (API token: ~/.ray/auth_token)")
+        echo(dashboard_line(dashboard_url))
 
     settings = {
         "sweep_name": sweep_name, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
@@ -300,7 +307,7 @@ def resume(sweep_name: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None
     manifest = read_manifest(ensure_data(spec, run_dir, echo))
     dashboard_url = start_ray(spec, address, echo)
     if dashboard_url:
-        echo(f"afsweep: Ray dashboard: {dashboard_url}  (API token: ~/.ray/auth_token)")
+        echo(dashboard_line(dashboard_url))
     echo(f"afsweep: resuming sweep {sweep_name} from {sweep_dir}")
     tuner = tune.Tuner.restore(str(sweep_dir), trainable=tune.with_resources(run_trial, {"cpu": 1}),
                                resume_unfinished=True, resume_errored=True)
