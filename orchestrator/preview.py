@@ -32,7 +32,7 @@ def plan_trials(spec: SweepSpec, n: int | None = None) -> Plan:
     from alphaflow.config import apply_overrides
     from alphaflow.presets import get_preset
     from orchestrator.search import define_by_run
-    from orchestrator.sweep import base_train_config, grace_period
+    from orchestrator.sweep import base_train_config, grace_period, max_total_steps
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = n or spec.search.num_trials
@@ -56,7 +56,7 @@ def plan_trials(spec: SweepSpec, n: int | None = None) -> Plan:
         trials.append(params)
         configs.append(cfg)
     grace = grace_period(spec, base, echo=lambda *_: None)
-    rungs = asha_rungs(grace, max(c.total_steps for c in configs), spec.search.early_stopping.reduction_factor) \
+    rungs = asha_rungs(grace, max_total_steps(spec, base), spec.search.early_stopping.reduction_factor) \
         if spec.search.early_stopping.scheduler == "asha" else []
     return Plan(trials=trials, configs=configs, rungs=rungs, grace=grace)
 

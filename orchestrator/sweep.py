@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from orchestrator import tracking
-from orchestrator.spec import SweepSpec, Uniform
+from orchestrator.spec import PRESET_KEY, Choice, IntRange, SweepSpec, Uniform
 
 DEFAULT_RUN_DIR = Path("afsweep-runs")
 SPEC_COPY = "afsweep_spec.yaml"
@@ -76,21 +76,55 @@ def registered_model_name(spec: SweepSpec, manifest) -> str:
     return spec.tracking.registered_model or f"afsweep-{manifest.dataset_id.split(':')[0]}"
 
 
+# the keys that decide how long a trial is and when its alpha transition ends
+_LENGTH_KEYS = ("total_steps", "alpha.kind", "alpha.k_s", "alpha.k_e", "alpha.unit")
+
+
+def _extremes(dist) -> list:
+    """The values of a distribution that bound what it can produce."""
+    if isinstance(dist, (Uniform, IntRange)):
+        return [dist.low, dist.high]
+    if isinstance(dist, Choice):
+        return list(dist.values)
+    return [dist.value]  # Fixed
+
+
+def extreme_configs(spec: SweepSpec, cfg) -> list:
+    """The configurations at the bounds of the searched length and transition keys (and of every searched preset):
+    what ASHA's max_t and the curriculum-aware grace period must cover."""
+    import itertools
+
+    from alphaflow.config import ConfigError, apply_overrides
+    from alphaflow.presets import get_preset
+
+    space = spec.search.space
+    bases = [cfg]
+    if PRESET_KEY in space:
+        bases = [apply_overrides(get_preset(p), spec.base.overrides) for p in _extremes(space[PRESET_KEY])]
+    keys = [k for k in _LENGTH_KEYS if k in space]
+    out = []
+    for base in bases:
+        for values in itertools.product(*[_extremes(space[k]) for k in keys]):
+            try:
+                out.append(apply_overrides(base, dict(zip(keys, values))))
+            except ConfigError:  # e.g. k_e before k_s: a combination the search cannot produce
+                continue
+    return out or bases
+
+
+def max_total_steps(spec: SweepSpec, cfg) -> int:
+    """The longest trial the space can produce (ASHA's max_t: a trial reaching it counts as finished)."""
+    return max(c.total_steps for c in extreme_configs(spec, cfg))
+
+
 def transition_end_steps(spec: SweepSpec, cfg) -> int:
     """The latest step at which any configuration of the space ends its alpha transition.
 
     Curriculum-aware early stopping: no trial is judged before its curriculum has run (issue 6).
     """
-    k_e = cfg.alpha.k_e
-    dist = spec.search.space.get("alpha.k_e")
-    if isinstance(dist, Uniform):
-        k_e = max(k_e, dist.high)
-    elif dist is not None and hasattr(dist, "values"):
-        k_e = max([k_e, *[float(v) for v in dist.values]])
-    elif dist is not None and hasattr(dist, "high"):
-        k_e = max(k_e, float(dist.high))
-    steps = k_e * cfg.total_steps if cfg.alpha.unit == "fraction" else k_e
-    return int(min(cfg.total_steps, math.ceil(steps)))
+    from alphaflow.schedules import transition_end_step
+
+    return max(min(c.total_steps, transition_end_step(c.alpha, c.total_steps)) for c in extreme_configs(spec, cfg))
 
 
 def grace_period(spec: SweepSpec, cfg, echo=print) -> int:
@@ -233,7 +267,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         "train_storage": str(run_dir / "ray" / sweep_name / "train"),
     }
     metric, mode = spec.search.metric, spec.search.mode
-    scheduler = make_scheduler(spec, cfg.total_steps, grace)
+    scheduler = make_scheduler(spec, max_total_steps(spec, cfg), grace)
     if hasattr(scheduler, "set_search_properties"):
         scheduler.set_search_properties(metric, mode)
     tuner = tune.Tuner(

@@ -51,3 +51,35 @@ def test_stopped_trial_is_pruned_in_optuna():
     search.on_trial_complete("b", {"fid1": 3.0, "step": 20, "total_steps": 20})
     states = sorted(t.state.name for t in search._ot_study.trials)
     assert states == ["COMPLETE", "PRUNED"]
+
+
+def _spec_with(space: dict, overrides: dict | None = None, preset: str = "tiny-cpu"):
+    overrides = {"total_steps": 100} if overrides is None else overrides
+    return parse_spec({"name": "s", "base": {"preset": preset, "overrides": overrides},
+                       "search": {"space": space}})
+
+
+def test_asha_bounds_cover_every_trial_length_and_transition():
+    from orchestrator.sweep import base_train_config, max_total_steps, transition_end_steps
+
+    # searched length: max_t is the longest trial, and the grace covers its transition (k_e = 0.5 of 400)
+    spec = _spec_with({"total_steps": {"type": "int", "low": 100, "high": 400, "step": 100}})
+    cfg = base_train_config(spec)
+    assert max_total_steps(spec, cfg) == 400
+    assert transition_end_steps(spec, cfg) == 200
+    # searched transition end, as fractions and as a choice
+    spec = _spec_with({"alpha.k_e": {"type": "choice", "values": [0.3, 0.8]}})
+    assert transition_end_steps(spec, base_train_config(spec)) == 80
+    # a constant alpha has no transition: ASHA may judge from the first step
+    spec = _spec_with({"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-3}},
+                      {"total_steps": 100, "alpha.kind": "constant"})
+    assert transition_end_steps(spec, base_train_config(spec)) == 0
+
+
+def test_asha_bounds_with_a_searched_preset():
+    from orchestrator.sweep import base_train_config, max_total_steps, transition_end_steps
+
+    spec = _spec_with({"preset": {"type": "choice", "values": ["tiny-cpu", "alphaflow-XL2-cfg"]}}, overrides={})
+    cfg = base_train_config(spec)
+    assert max_total_steps(spec, cfg) == 1_200_000          # XL/2: 1.2M steps
+    assert transition_end_steps(spec, cfg) == 1_000_000     # its transition ends at 1M
