@@ -31,14 +31,12 @@ def plan_trials(spec: SweepSpec, n: int | None = None) -> Plan:
 
     from alphaflow.config import apply_overrides
     from alphaflow.presets import get_preset
-    from orchestrator.search import define_by_run
+    from orchestrator.search import define_by_run, make_sampler
     from orchestrator.sweep import base_train_config, grace_period, max_total_steps
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = n or spec.search.num_trials
-    sampler = (optuna.samplers.RandomSampler(seed=spec.search.seed) if spec.search.algorithm == "random"
-               else optuna.samplers.TPESampler(seed=spec.search.seed))
-    study = optuna.create_study(sampler=sampler, direction="minimize" if spec.search.mode == "min" else "maximize")
+    study = optuna.create_study(sampler=make_sampler(spec), direction="minimize" if spec.search.mode == "min" else "maximize")
     for point in spec.search.points_to_evaluate:
         study.enqueue_trial(point)
     define = define_by_run(spec)

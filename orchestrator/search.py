@@ -92,13 +92,25 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+def startup_trials(spec: SweepSpec) -> int:
+    """Random trials before TPE models the results. Optuna's default (10) would make every sweep of 10 trials or
+    fewer a random search; a quarter of the budget, between 2 and 10, lets TPE act in small sweeps too."""
+    s = spec.search
+    return s.startup_trials or min(10, max(2, s.num_trials // 4))
+
+
+def make_sampler(spec: SweepSpec):
+    """The Optuna sampler of a sweep (the same one `afsweep preview` plans with)."""
+    s = spec.search
+    if s.algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup_trials(spec))
+
+
 def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None):
     """Optuna through OptunaSearch: TPE, or Optuna's random sampler for `algorithm: random` (same space rules)."""
     s = spec.search
-    if s.algorithm == "random":
-        sampler = optuna.samplers.RandomSampler(seed=s.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=s.seed)
+    sampler = make_sampler(spec)
     optuna_search = PrunedAwareOptunaSearch(
         space=define_by_run(spec),
         metric=s.metric,

@@ -132,6 +132,8 @@ class SearchSpec(_Strict):
     seed: int = 0
     num_trials: int = Field(4, ge=1)
     max_concurrent: int = Field(2, ge=1)
+    startup_trials: int | None = Field(None, ge=1, description="random trials before TPE models the results; "
+                                       "default min(10, max(2, num_trials // 4))")
     metric: Literal["fid1", "fid2"] = "fid1"
     mode: Literal["min", "max"] = "min"
     space: dict[str, Distribution] = Field(default_factory=dict)

@@ -83,3 +83,12 @@ def test_asha_bounds_with_a_searched_preset():
     cfg = base_train_config(spec)
     assert max_total_steps(spec, cfg) == 1_200_000          # XL/2: 1.2M steps
     assert transition_end_steps(spec, cfg) == 1_000_000     # its transition ends at 1M
+
+
+def test_tpe_starts_modelling_early_in_small_sweeps():
+    from orchestrator.search import make_sampler, startup_trials
+
+    small = parse_spec({"name": "s", "search": {"num_trials": 8}})
+    assert startup_trials(small) == 2 and make_sampler(small)._n_startup_trials == 2
+    assert startup_trials(parse_spec({"name": "s", "search": {"num_trials": 200}})) == 10
+    assert startup_trials(parse_spec({"name": "s", "search": {"num_trials": 8, "startup_trials": 5}})) == 5
