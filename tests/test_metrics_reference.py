@@ -9,9 +9,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 import torch
 
-from alphaflow.data.sources import load_builtin
 from alphaflow.metrics import (IncompatibleReferenceError, MetricsError, ReferenceStats, WeightsMismatchError,
-                               compute_reference_stats, fid_from_images, load_extractor, sample_metrics)
+                               fid_from_images, load_extractor, sample_metrics)
 from alphaflow.metrics.extractors import WEIGHTS_DIR
 
 torch.set_num_threads(1)
@@ -22,14 +21,6 @@ def _one_blas_thread():
     """BLAS threads oversubscribe the 2 shared cores (10-100x slower eig/matmul): one thread while we run."""
     with threadpool_limits(1):
         yield
-
-
-@pytest.fixture(scope="module")
-def digits():
-    x_test, y_test = load_builtin("digits", "test")
-    x_train, y_train = load_builtin("digits", "train")
-    ext = load_extractor("digits-cnn")
-    return ext, compute_reference_stats(x_test, ext, "digits"), x_train, y_train
 
 
 def test_compute_records_provenance(digits):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from alphaflow.data.sources import load_builtin
-from alphaflow.metrics import (MetricsError, compute_reference_stats, kernel_inception_distance, load_extractor,
+from alphaflow.metrics import (MetricsError, kernel_inception_distance,
                                precision_recall, sample_grid_png, sample_metrics)
 from alphaflow.metrics.domain_cnn import quantize_to_grid
 
@@ -21,14 +21,6 @@ def _one_blas_thread():
     """BLAS threads oversubscribe the 2 shared cores (10-100x slower eig/matmul): one thread while we run."""
     with threadpool_limits(1):
         yield
-
-
-@pytest.fixture(scope="module")
-def digits():
-    x_test, _ = load_builtin("digits", "test")
-    x_train, y_train = load_builtin("digits", "train")
-    ext = load_extractor("digits-cnn")
-    return ext, compute_reference_stats(x_test, ext, "digits"), x_train, y_train
 
 
 def test_sample_metrics_keys_and_real_versus_noise(digits):
