@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from ray.tune.search import ConcurrencyLimiter

@@ -8,7 +8,6 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -392,8 +391,7 @@ def reconcile_lost_trials(client, experiment_id: str, sweep_name: str, grid, opt
 
 
 def _trial_runs(client, experiment_id: str, sweep: str) -> dict[str, str]:
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.KIND_TAG}` = 'trial' and "
-                                               f"tags.`{tracking.SWEEP_TAG}` = '{sweep}'", max_results=10_000)
+    runs = tracking.sweep_trial_runs(client, experiment_id, sweep)
     return {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in runs}
 
 
@@ -408,8 +406,7 @@ def _reporter(spec: SweepSpec):
 
 def trial_states(client, experiment_id: str, sweep: str) -> dict[str, str]:
     """trial id -> completed | pruned | failed | running, from the child runs' tags (the source of truth)."""
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.KIND_TAG}` = 'trial' and "
-                                               f"tags.`{tracking.SWEEP_TAG}` = '{sweep}'", max_results=10_000)
+    runs = tracking.sweep_trial_runs(client, experiment_id, sweep)
     return {r.data.tags[tracking.TRIAL_TAG]: r.data.tags.get(tracking.STATUS_TAG, "running") for r in runs}
 
 
@@ -457,6 +454,5 @@ def _finish(client, spec: SweepSpec, sweep_name: str, parent_run_id: str, tracki
 
 
 def _sum_trial_metric(client, experiment_id: str, sweep: str, names: tuple[str, ...]) -> dict[str, float]:
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.KIND_TAG}` = 'trial' and "
-                                               f"tags.`{tracking.SWEEP_TAG}` = '{sweep}'", max_results=10_000)
+    runs = tracking.sweep_trial_runs(client, experiment_id, sweep)
     return {n: sum(r.data.metrics.get(n, 0.0) for r in runs) for n in names}

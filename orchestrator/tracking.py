@@ -89,6 +89,12 @@ def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str) ->
     return runs[0].info.run_id if runs else None
 
 
+def sweep_trial_runs(client: MlflowClient, experiment_id: str, sweep: str, order_by: list[str] | None = None):
+    """Every child run of one sweep (deleted runs excluded)."""
+    return client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'trial' and tags.`{SWEEP_TAG}` = '{sweep}'",
+                              order_by=order_by, max_results=10_000)
+
+
 def find_trial_run(client: MlflowClient, experiment_id: str, sweep_name: str, trial_id: str) -> str | None:
     runs = client.search_runs(
         [experiment_id],
@@ -175,8 +181,7 @@ def sweep_status(client: MlflowClient, experiment_id: str, sweep: str | None) ->
     parent = find_sweep_run(client, experiment_id, sweep) if sweep else None
     if parent is None:
         return None
-    runs = client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'trial' and tags.`{SWEEP_TAG}` = '{sweep}'",
-                              order_by=["attributes.start_time ASC"], max_results=10_000)
+    runs = sweep_trial_runs(client, experiment_id, sweep, order_by=["attributes.start_time ASC"])
     trials, counts = [], {}
     for r in runs:
         state = r.data.tags.get(STATUS_TAG, "running")
