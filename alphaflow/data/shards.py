@@ -133,6 +133,15 @@ class DecodedShard:
     valid: np.ndarray        # (n,) bool: False for a corrupt sample
     corrupt: list[str] = field(default_factory=list)   # "key: why" for each corrupt sample
 
+    def part(self, lo: int, hi: int) -> "DecodedShard":
+        """Samples [lo, hi) (views, no copy)."""
+        if (lo, hi) == (0, len(self.keys)):
+            return self
+        keys = self.keys[lo:hi]
+        inside = set(keys[~self.valid[lo:hi]].tolist()) if self.corrupt else set()
+        return DecodedShard(keys, self.latents[lo:hi], self.labels[lo:hi], self.valid[lo:hi],
+                            [c for c in self.corrupt if c.rsplit(": ", 1)[0] in inside])
+
 
 def _checksum_ok(header: bytes) -> bool:
     try:
@@ -146,7 +155,7 @@ def _tar_members(data: bytes, url: str):
     n = len(data)
     off = 0
     while off + 512 <= n:
-        header = data[off:off + 512]
+        header = bytes(data[off:off + 512])
         if header[0] == 0 and header.count(0) == 512:
             return  # end-of-archive blocks
         name = header[:100].split(b"\0", 1)[0]
@@ -163,8 +172,7 @@ def _tar_members(data: bytes, url: str):
         if start + size > n:
             raise DataError(f"{url}: truncated tar member {name.decode(errors='replace')} "
                             f"({n - start} of {size} bytes)")
-        kind = header[156:157]
-        if kind in (b"0", b"\0"):
+        if header[156:157] in (b"0", b"\0"):   # a regular file
             yield name.decode("utf-8", errors="replace"), start, size
         off = start + (size + 511) // 512 * 512
     raise DataError(f"{url}: truncated tar (no end-of-archive marker after byte {min(off, n)})")
@@ -213,10 +221,9 @@ def _octal(fields: np.ndarray) -> np.ndarray:
     return digits @ (8 ** np.arange(10, -1, -1, dtype=np.int64))
 
 
-def _decode_regular(data: bytes, url: str, sample_shape, dtype, expected: int) -> DecodedShard | None:
-    """The fast path for shards laid out as ours are (each sample `<key>.cls` then `<key>.npy`, every sample the
-    same size): every header is checked at once with numpy, and the latents stay a strided view of `data`.
-    Returns None when the layout differs in any way; the general parser then decides."""
+def _regular_head(data, url: str, sample_shape):
+    """(key length, .npy member offset and size, .npy layout, period) when the first sample is laid out as ours
+    are (`<key>.cls` then `<key>.npy`, one 512-byte block of label); None otherwise."""
     members = _tar_members(data, url)
     try:
         (n1, s1, z1), (n2, s2, z2) = next(members), next(members)
@@ -228,11 +235,45 @@ def _decode_regular(data: bytes, url: str, sample_shape, dtype, expected: int) -
     layout = _npy_layout(data, s2, z2, {})
     if layout is None or layout[1] != tuple(sample_shape):
         return None
-    period = s2 + (z2 + 511) // 512 * 512
+    return key_len, s2, z2, layout, s2 + (z2 + 511) // 512 * 512
+
+
+def sample_period(sample_shape, dtype) -> int:
+    """Bytes per sample in the shards ShardSink writes (a 512-byte tar header and block for the label, a header and
+    the .npy padded to 512 bytes): sample i of such a shard starts at i * period, so the reader can fetch just a
+    run of samples. Nothing is assumed: decode_samples checks every header of the run."""
+    npy = len(npy_header(dtype, sample_shape)) + np.dtype(dtype).itemsize * int(np.prod(sample_shape))
+    return 3 * 512 + (npy + 511) // 512 * 512
+
+
+def is_regular_size(num_samples: int, size: int, period: int) -> bool:
+    """A tar of num_samples samples of `period` bytes: then two zero blocks, padded to tar's 10240-byte records."""
+    end = num_samples * period + 1024
+    return end <= size < end + 10240
+
+
+def decode_samples(data, url: str, sample_shape, dtype, count: int) -> DecodedShard | None:
+    """`count` consecutive samples cut out of a shard at multiples of sample_period; None when they are not all
+    laid out as ours are (the caller then reads and decodes the whole shard)."""
+    return _decode_regular(data, url, tuple(sample_shape), np.dtype(dtype), count, archive_end=False)
+
+
+def _decode_regular(data, url: str, sample_shape, dtype, expected: int, archive_end: bool = True) -> DecodedShard | None:
+    """The fast path for shards laid out as ours are (each sample `<key>.cls` then `<key>.npy`, every sample the
+    same size): every header is checked at once with numpy, and the latents stay a strided view of `data`.
+    Returns None when the layout differs in any way; the general parser then decides. archive_end: `data` is a
+    whole shard (the end-of-archive blocks follow the samples), not a run of samples cut out of one."""
+    head = _regular_head(data, url, sample_shape)
+    if head is None:
+        return None
+    key_len, s2, z2, layout, period = head
     n = expected
     buf = np.frombuffer(data, np.uint8)
-    if len(buf) < n * period + 1024 or buf[n * period:n * period + 1024].any():
-        return None  # not exactly n samples then the end-of-archive blocks
+    if archive_end:
+        if len(buf) < n * period + 1024 or buf[n * period:n * period + 1024].any():
+            return None  # not exactly n samples then the end-of-archive blocks
+    elif len(buf) != n * period:
+        return None
     rows = lambda at, width: np.lib.stride_tricks.as_strided(  # noqa: E731  (n, width) view, one row a sample
         buf[at:], shape=(n, width), strides=(period, 1), writeable=False)
     hc, hn = rows(0, 512), rows(1024, 512)   # every .cls header and every .npy header, without copying
