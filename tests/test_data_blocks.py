@@ -1,0 +1,141 @@
+"""How the reader fetches: a slot reads only its own run of a boundary shard, in blocks (S3: ranged GETs, several
+at once, each its own buffer), the batches don't depend on the block size or the store, and the batch buffers
+it reuses are never ones the trainer still holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from alphaflow.data import DataError, loader as loader_module, make_train_loader, prepare_arrays, read_manifest, storage
+from tests.test_data_local import N, make_arrays
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def local_set(tmp_path_factory):
+    d = tmp_path_factory.mktemp("blocks")
+    make_arrays(d / "src.npz")
+    # ~100 samples a shard, so a window of 240 samples (2 ranks x 2 workers) starts and ends inside shards
+    return prepare_arrays(str(d / "src.npz"), str(d / "out"), shard_size_mb=0.2, seed=3)
+
+
+def _count_fetches(monkeypatch) -> list[tuple[str, int, int]]:
+    """Every byte range the reader asks storage for (this process: loader workers 0)."""
+    fetched = []
+    real = storage.read_ranges
+
+    def counting(url, bounds, total=None):
+        fetched.extend((url, lo, hi) for lo, hi in bounds)
+        return real(url, bounds, total)
+
+    monkeypatch.setattr(storage, "read_ranges", counting)
+    return fetched
+
+
+def _epoch(url: str, world: int = 2, workers: int = 2, batch: int = 16) -> list[list[list[str]]]:
+    """Every rank's batches (lists of keys) over one exact epoch, in order."""
+    out = []
+    for rank in range(world):
+        ld = make_train_loader(url, batch_size=batch, rank=rank, world_size=world, seed=4, mode="exact",
+                               num_workers=workers)
+        it = iter(ld)
+        batches = []
+        for _ in range(ld.batches_per_epoch):
+            next(it)
+            batches.append(list(ld.last_keys))
+        it.close()
+        out.append(batches)
+    return out
+
+
+def test_each_sample_is_fetched_once_per_epoch_in_blocks(local_set, monkeypatch):
+    m = read_manifest(local_set)
+    assert len(m.shards) >= 4
+    period = loader_module.sample_period(m.stored_shape, m.latent_dtype)
+    monkeypatch.setattr(loader_module, "BLOCK_BYTES", 7 * period)     # runs of ~100 samples in blocks of 7
+    fetched = _count_fetches(monkeypatch)
+    epoch0 = []
+    for rank in range(2):                                              # 2 ranks x 1 slot, in this process
+        fetched.clear()
+        ld = make_train_loader(local_set, batch_size=16, rank=rank, world_size=2, seed=4, mode="exact")
+        it = iter(ld)
+        for _ in range(ld.batches_per_epoch):
+            next(it)
+        it.close()
+        # this slot's runs in epoch 0, from the plan; the reader may already have fetched the next epoch's first
+        plan = loader_module.SlotPlan([s.num_samples for s in m.shards], "exact", 4, rank, 2, 16)
+        runs, have = [], 0
+        for shard, lo, hi, _ in plan.segments(0):
+            if have == plan.per_slot:
+                break
+            runs.append((m.shards[shard].url, lo, hi))
+            have += hi - lo
+        assert any(0 < lo or hi < m.shards[[s.url for s in m.shards].index(u)].num_samples for u, lo, hi in runs)
+        blocks = [(u, a * period, b * period) for u, lo, hi in runs
+                  for a, b in zip([lo, *range((lo // 7 + 1) * 7, hi, 7)], [*range((lo // 7 + 1) * 7, hi, 7), hi])]
+        assert fetched[:len(blocks)] == blocks          # exactly its runs' samples, block by block, in order
+        assert len(fetched) - len(blocks) <= -(-m.shards[0].num_samples // 7)   # at most one run ahead
+        epoch0 += blocks
+    spans = sorted(epoch0)
+    assert all(a[0] != b[0] or a[2] <= b[1] for a, b in zip(spans, spans[1:])), "a sample fetched twice"
+    assert sum(hi - lo for _, lo, hi in epoch0) == N * period          # every sample once, nothing else
+
+
+def test_batches_do_not_depend_on_the_block_size(local_set, monkeypatch):
+    whole = _epoch(local_set)
+    m = read_manifest(local_set)
+    monkeypatch.setattr(loader_module, "BLOCK_BYTES", 5 * loader_module.sample_period(m.stored_shape,
+                                                                                     m.latent_dtype))
+    blocks = _epoch(local_set)
+    # the same samples in every batch; only their order inside a batch (grouped by block) may differ
+    assert [[sorted(b) for b in r] for r in blocks] == [[sorted(b) for b in r] for r in whole]
+
+
+@pytest.mark.s3
+def test_s3_batches_equal_local_ones(local_set, s3_env, monkeypatch):
+    src = read_manifest(local_set)
+    dest = s3_env.prefix("blocks")
+    from pathlib import Path
+
+    for s in src.shards:
+        storage.upload_file(s.url, f"{dest}/{Path(s.url).name}")
+    for side in ("stats.npz", "manifest.parquet"):
+        storage.upload_file(str(Path(local_set).parent / side), f"{dest}/{side}")
+    period = loader_module.sample_period(src.stored_shape, src.latent_dtype)
+    monkeypatch.setattr(loader_module, "BLOCK_BYTES", 9 * period)
+    local = _epoch(local_set, workers=2)
+    remote = _epoch(f"{dest}/manifest.parquet", workers=2)
+    assert remote == local
+
+
+@pytest.mark.s3
+def test_ranged_reads_return_the_bytes_and_catch_a_replaced_object(s3_env, monkeypatch):
+    monkeypatch.setattr(storage, "S3_PART_BYTES", 1000)
+    blob = np.random.default_rng(1).integers(0, 256, 10_500, dtype=np.uint8).tobytes()
+    url = s3_env.prefix("ranged") + "/blob.bin"
+    storage.upload_bytes(blob, url)
+    assert storage.read_bytes(url, len(blob)) == blob                       # 11 parts, 4 at a time
+    assert bytes(storage.read_range(url, 123, 4567, len(blob))) == blob[123:4567]
+    parts = storage.read_ranges(url, [(0, 10), (5000, 10_500)], len(blob))
+    assert [bytes(p) for p in parts] == [blob[:10], blob[5000:]]
+    storage.upload_bytes(blob[:9000], url)                                  # replaced by a shorter object
+    for read in (lambda: storage.read_range(url, 0, 5000, len(blob)), lambda: storage.read_bytes(url, len(blob))):
+        with pytest.raises(DataError) as e:
+            read()
+        assert "\n" not in str(e.value) and url in str(e.value) and "the manifest says 10500" in str(e.value)
+
+
+def test_batches_the_trainer_keeps_are_never_overwritten(local_set):
+    kw = dict(batch_size=16, rank=0, world_size=1, seed=2, mode="exact", num_workers=0)
+    ld = make_train_loader(local_set, **kw)
+    it = iter(ld)
+    kept = [next(it)[0] for _ in range(12)]              # held while the loader goes on (past its reuse ring)
+    dropped = [next(it)[0].clone() for _ in range(6)]     # let go at once: their buffers get reused
+    fresh = iter(make_train_loader(local_set, **kw))
+    want = [next(fresh)[0] for _ in range(18)]
+    for got, ref in zip(kept + dropped, want):
+        assert torch.equal(got, ref)
+    assert len({x.data_ptr() for x in kept}) == 12
