@@ -27,6 +27,8 @@ nothing about order or resuming. A batch the trainer keeps is a view that keeps 
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
@@ -42,7 +44,6 @@ from alphaflow.data.shards import (DecodedShard, decode_samples, decode_shard, i
 log = logging.getLogger("alphaflow.data")
 
 MODES = ("resampled", "exact")
-BLOCK_BYTES = 8 << 20   # a shard is fetched (S3: one ranged GET each, several at once) and decoded in blocks
 POSITION_VERSION = 2   # 2: a window's part of a shard is a contiguous run of it (1: a random subset)
 CHUNK_BYTES = 8 << 20
 
@@ -95,50 +96,19 @@ class SlotPlan:
                 draw += 1
 
 
-class _Run:
-    """Samples [lo, hi) of one shard, decoded in blocks: block k holds the shard's samples [k * per_block,
-    (k + 1) * per_block) that fall in the run (one block for a shard read whole). Blocks are never joined: that
-    would copy every byte once more."""
-
-    def __init__(self, lo: int, blocks: list[DecodedShard], per_block: int):
-        self.lo, self.blocks, self.per_block = lo, blocks, per_block
-        self.starts = np.cumsum([0] + [len(b.keys) for b in blocks])
-        self.valid = blocks[0].valid if len(blocks) == 1 else np.concatenate([b.valid for b in blocks])
-        self.corrupt = [c for b in blocks for c in b.corrupt]
-
-    def parts(self, take: np.ndarray) -> list[tuple[DecodedShard, np.ndarray]]:
-        """(decoded samples, indices into them) for run indices `take`, grouped by block (k = (lo + i) //
-        per_block, whichever way the run was read, so a batch is the same from S3, disk or a fallback read); a
-        batch's order inside carries no meaning, and one gather per block beats one per sample."""
-        block = (self.lo + take) // self.per_block
-        if block[0] == block[-1] and (block == block[0]).all():
-            groups = [take]
-        else:
-            order = np.argsort(block, kind="stable")
-            cuts = np.flatnonzero(np.diff(block[order])) + 1
-            groups = np.split(take[order], cuts)
-        out = []
-        for g in groups:
-            if len(self.blocks) == 1:
-                out.append((self.blocks[0], g))
-            else:
-                k = int(np.searchsorted(self.starts, g[0], side="right")) - 1
-                out.append((self.blocks[k], g - self.starts[k]))
-        return out
-
-
 class _Reader:
-    """Reads and decodes runs of samples [lo, hi) of shards: only those samples' bytes, in blocks, when the shard
-    is laid out regularly (ours are), else the whole shard (with retries, checks and an optional content-addressed
-    cache)."""
+    """Reads and decodes runs of samples [lo, hi) of shards: only those samples' bytes when the shard is laid out
+    regularly (ours are; S3: parallel ranged GETs), else the whole shard (with retries, checks and an optional
+    content-addressed cache)."""
 
     def __init__(self, m: Manifest, verify: str, cache_dir: str | None, on_corrupt: str):
         self.m, self.verify, self.cache_dir, self.on_corrupt = m, verify, cache_dir, on_corrupt
-        self._last: tuple[tuple[int, int, int], _Run] | None = None
+        self._last: tuple[tuple[int, int, int], DecodedShard] | None = None
         self._pending: dict[tuple[int, int, int], Future] = {}
         self._pool: ThreadPoolExecutor | None = None
         self.period = sample_period(m.stored_shape, m.latent_dtype)   # bytes per sample in shards we wrote
-        self.per_block = max(1, BLOCK_BYTES // self.period)
+        self._buffers: list[np.ndarray] = []     # S3 run buffers, reused (fresh memory costs page faults)
+        self._buffers_lock = threading.Lock()
         self.skipped = 0
 
     def prefetch(self, run: tuple[int, int, int]) -> None:
@@ -149,7 +119,7 @@ class _Reader:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="afsweep-prefetch")
         self._pending[run] = self._pool.submit(self._decoded, run)
 
-    def run(self, run: tuple[int, int, int]) -> _Run:
+    def run(self, run: tuple[int, int, int]) -> DecodedShard:
         """Samples [lo, hi) of shard i, run = (i, lo, hi)."""
         if self._last is not None and self._last[0] == run:
             return self._last[1]
@@ -164,21 +134,32 @@ class _Reader:
         self._last = (run, d)
         return d
 
-    def _decoded(self, run: tuple[int, int, int]) -> _Run:
+    def _decoded(self, run: tuple[int, int, int]) -> DecodedShard:
         i, lo, hi = run
         rec = self.m.shards[i]
-        shape, dtype, per = self.m.stored_shape, self.m.latent_dtype, self.per_block
+        shape, dtype = self.m.stored_shape, self.m.latent_dtype
         whole = self.verify == "sha256" or (self.cache_dir and storage.is_s3(rec.url))
         if not whole and is_regular_size(rec.num_samples, rec.bytes, self.period):
-            edges = [lo, *range((lo // per + 1) * per, hi, per), hi]
-            bounds = [(a * self.period, b * self.period) for a, b in zip(edges, edges[1:])]
-            blocks = [decode_samples(data, rec.url, shape, dtype, (b - a) // self.period)
-                      for data, (a, b) in zip(storage.read_ranges(rec.url, bounds, rec.bytes), bounds)]
-            if all(b is not None for b in blocks):
-                return _Run(lo, blocks, per)
+            out = self._free_buffer() if storage.is_s3(rec.url) else None
+            data = storage.read_range(rec.url, lo * self.period, hi * self.period, rec.bytes, out)
+            d = decode_samples(data, rec.url, shape, dtype, hi - lo)
+            if d is not None:
+                return d
         # the whole shard: verified, cached, or not laid out regularly (the general parser marks corrupt samples)
         d = decode_shard(self._bytes(i), rec.url, shape, dtype, rec.num_samples)
-        return _Run(lo, [d.part(lo, hi)], per)
+        return d.part(lo, hi)
+
+    def _free_buffer(self) -> memoryview:
+        """A buffer for the largest run that no decoded run still views (the run being batched and the one being
+        fetched hold two; a third covers the hand-over)."""
+        with self._buffers_lock:
+            for b in self._buffers:
+                if sys.getrefcount(b) == 3:     # the list, the loop variable, getrefcount's argument: nothing else
+                    return memoryview(b)
+            b = np.empty(max(r.num_samples for r in self.m.shards) * self.period, np.uint8)
+            if len(self._buffers) < 3:
+                self._buffers.append(b)
+            return memoryview(b)
 
     def _bytes(self, i: int):
         rec = self.m.shards[i]
@@ -351,7 +332,7 @@ class _SlotStream(torch.utils.data.IterableDataset):
         while True:
             shard_index, lo, hi, idx = upcoming
             upcoming = next(segments)
-            r = reader.run((shard_index, lo, hi))
+            d = reader.run((shard_index, lo, hi))
             # read the next run while this one is turned into batches (not before: the first run would then share
             # the bandwidth with the second, and the first batch wait for both)
             reader.prefetch(upcoming[:3])
@@ -360,12 +341,12 @@ class _SlotStream(torch.utils.data.IterableDataset):
                 take = idx[pos:pos + self.batch_size - have]
                 pos += len(take)
                 counter += len(take)
-                if r.corrupt:
-                    good = r.valid[take]
+                if d.corrupt:
+                    good = d.valid[take]
                     skipped += int((~good).sum())
                     take = take[good]
                 if len(take):
-                    parts.extend(r.parts(take))
+                    parts.append((d, take))
                     have += len(take)
                 if have == self.batch_size:
                     yield parts, counter, skipped
@@ -383,12 +364,10 @@ class _SlotStream(torch.utils.data.IterableDataset):
             lat = lat[:, :c] + np.exp(0.5 * lat[:, c:]) * eps
             lat -= self.mean
             x.copy_(torch.from_numpy(lat)).mul_(self.inv_std_t)
-        else:  # gather in the stored dtype, block by block into x; torch widens float16 several times faster than numpy
-            at = 0
-            for d, i in parts:
-                x[at:at + len(i)].copy_(torch.from_numpy(d.latents[i]))
-                at += len(i)
-            x.mul_(self.inv_std_t).add_(self.shift_t)
+        else:  # gather in the stored dtype; torch widens float16 several times faster than numpy
+            lat = (np.concatenate([d.latents[i] for d, i in parts]) if len(parts) > 1
+                   else parts[0][0].latents[parts[0][1]])
+            x.copy_(torch.from_numpy(lat)).mul_(self.inv_std_t).add_(self.shift_t)
         return y, keys
 
 

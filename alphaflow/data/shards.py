@@ -183,7 +183,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 def _npy_layout(data: bytes, start: int, size: int, cache: dict):
     """(dtype, shape, data offset) of an .npy member; None if it is not a valid C-order .npy."""
-    if size < 10 or data[start:start + 6] != _NPY_MAGIC:
+    if size < 10 or bytes(data[start:start + 6]) != _NPY_MAGIC:
         return None
     major = data[start + 6]
     if major == 1:
@@ -356,7 +356,7 @@ def decode_shard(data: bytes, url: str, sample_shape: tuple[int, ...], dtype, ex
             have_npy = True
         elif ext == "cls":
             try:
-                labels[i] = int(data[start:start + size])
+                labels[i] = int(bytes(data[start:start + size]))
                 have_cls = True
             except ValueError:
                 ok = False

@@ -27,7 +27,7 @@ from alphaflow.data.errors import DataError
 RETRIES = int(os.environ.get("AFSWEEP_S3_RETRIES", "6"))
 BACKOFF_S = float(os.environ.get("AFSWEEP_S3_BACKOFF_S", "0.25"))
 MULTIPART_CHUNK = 64 * 1024 * 1024   # part size of multipart uploads; also used to predict their ETag
-S3_PART_BYTES = int(float(os.environ.get("AFSWEEP_S3_PART_MB", "8")) * (1 << 20))   # ranged GET size
+S3_PART_BYTES = int(float(os.environ.get("AFSWEEP_S3_PART_MB", "16")) * (1 << 20))  # ranged GET size
 S3_CONCURRENCY = int(os.environ.get("AFSWEEP_S3_CONCURRENCY", "4"))                 # ranged GETs at once
 
 _session = None                       # the boto3 session every client is made from (kept across fork)
@@ -194,9 +194,9 @@ def _check_bucket(url: str, client) -> None:
 # --- reading ------------------------------------------------------------------------------------------------------
 
 
-def read_bytes(url: str, expected_size: int | None = None) -> bytes | bytearray:
+def read_bytes(url: str, expected_size: int | None = None) -> bytes | memoryview:
     """The whole object or file. A size that differs from expected_size is an error naming the URL. An S3 object
-    of known size over S3_PART_BYTES comes as parallel ranged GETs into one bytearray."""
+    of known size over S3_PART_BYTES comes as parallel ranged GETs (read_range)."""
     if is_s3(url):
         if expected_size is not None and expected_size > S3_PART_BYTES:
             return read_range(url, 0, expected_size, expected_size)
@@ -237,37 +237,27 @@ def _s3_call(url: str, fn):
         raise
 
 
-def read_range(url: str, start: int, end: int, total: int | None = None):
-    """Bytes [start, end) of a file or object, in one buffer; `total` is the size the whole should have (checked:
-    a shard truncated or replaced is an error naming the URL, not a short read). S3: ranged GETs of S3_PART_BYTES,
-    up to S3_CONCURRENCY at once, each retried on its own, copied into one bytearray."""
-    if end <= start:
-        return b""
-    if not is_s3(url):
-        return read_ranges(url, [(start, end)], total)[0]
-    out = bytearray(end - start)
-    bounds = [(lo, min(lo + S3_PART_BYTES, end)) for lo in range(start, end, S3_PART_BYTES)]
-    at = 0
-    for part in read_ranges(url, bounds, total):   # each part is dropped once copied
-        out[at:at + len(part)] = part
-        at += len(part)
-    return out
-
-
-def read_ranges(url: str, bounds: list[tuple[int, int]], total: int | None = None) -> list:
-    """The bytes of each [lo, hi) of a file or object, as separate buffers (no copy to join them). Local files:
-    views of one memory map. S3: one ranged GET per range, up to S3_CONCURRENCY at once, each retried on its own;
-    `total` as in read_range."""
+def read_range(url: str, start: int, end: int, total: int | None = None, out: memoryview | None = None):
+    """Bytes [start, end) of a file or object, as a memoryview; `total` is the size the whole should have (checked:
+    a shard truncated or replaced is an error naming the URL, not a short read). Local files: a view of a memory
+    map. S3: ranged GETs of S3_PART_BYTES, up to S3_CONCURRENCY at once, each retried on its own and received
+    straight into its slice of one buffer: `out` (at least end - start bytes, reused by the caller) or a new one."""
     if not is_s3(url):
         whole = memoryview(map_local(url, total))
-        if bounds and max(hi for _, hi in bounds) > len(whole):
-            raise DataError(f"{url}: size {len(whole)} bytes, cannot read up to byte {max(h for _, h in bounds)}")
-        return [whole[lo:hi] for lo, hi in bounds]
+        if end > len(whole):
+            raise DataError(f"{url}: size {len(whole)} bytes, cannot read bytes {start}-{end}")
+        return whole[start:end]
+    import numpy as np
+
+    n = max(end - start, 0)
+    if out is None:
+        out = memoryview(np.empty(n, np.uint8))   # not zero-filled: every byte is received into it
+    out = out[:n]
     bucket, key = split_s3(url)
     client = s3_client()
 
-    def part(lo: int, hi: int) -> bytes:
-        def get() -> bytes:
+    def part(lo: int, hi: int) -> None:
+        def get() -> None:
             try:
                 r = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={lo}-{hi - 1}")
             except Exception as e:
@@ -278,22 +268,47 @@ def read_ranges(url: str, bounds: list[tuple[int, int]], total: int | None = Non
                                     f"(truncated or replaced)") from None
                 raise
             size = _object_size(r)
-            body = r["Body"]
-            try:
-                if total is not None and size is not None and size != total:
-                    raise DataError(f"{url}: size {size} bytes, the manifest says {total} (truncated or replaced)")
-                data = body.read()
-            finally:
-                body.close()
-            if len(data) != hi - lo:
-                raise ConnectionError(f"short read ({len(data)} of {hi - lo} bytes)")   # retried
-            return data
+            if total is not None and size is not None and size != total:
+                r["Body"].close()
+                raise DataError(f"{url}: size {size} bytes, the manifest says {total} (truncated or replaced)")
+            got = _receive(r["Body"], out[lo - start:hi - start])
+            if got != hi - lo:
+                raise ConnectionError(f"short read ({got} of {hi - lo} bytes)")   # retried
 
-        return _s3_call(url, get)
+        _s3_call(url, get)
 
+    bounds = [(lo, min(lo + S3_PART_BYTES, end)) for lo in range(start, end, S3_PART_BYTES)]
     if len(bounds) == 1:
-        return [part(*bounds[0])]
-    return [f.result() for f in [_part_pool().submit(part, lo, hi) for lo, hi in bounds]]
+        part(*bounds[0])
+    elif bounds:
+        for f in [_part_pool().submit(part, lo, hi) for lo, hi in bounds]:
+            f.result()
+    return out
+
+
+def _receive(body, view: memoryview) -> int:
+    """A GET's body into `view`; returns the bytes received. Straight from the socket into the buffer through the
+    http.client response under botocore's urllib3 stream when it is there (their own readinto reads, then copies:
+    a copy of every byte more); else read() and copy."""
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    try:
+        if fp is None or not hasattr(fp, "readinto") or not hasattr(raw, "release_conn"):
+            data = body.read()
+            n = min(len(data), len(view))
+            view[:n] = data[:n]
+            return len(data)
+        n = 0
+        while n < len(view):
+            k = fp.readinto(view[n:])
+            if not k:
+                break
+            n += k
+        if n == len(view):
+            raw.release_conn()   # fully read: the connection goes back to the pool for the next GET
+        return n
+    finally:
+        body.close()
 
 
 def _object_size(response: dict) -> int | None:

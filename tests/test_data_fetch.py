@@ -1,6 +1,6 @@
-"""How the reader fetches: a slot reads only its own run of a boundary shard, in blocks (S3: ranged GETs, several
-at once, each its own buffer), the batches don't depend on the block size or the store, and the batch buffers
-it reuses are never ones the trainer still holds."""
+"""How the reader fetches: a slot reads only its own run of a boundary shard (S3: ranged GETs, several at once,
+into one buffer), the batches don't depend on the store or the part size, and the batch buffers it reuses are
+never ones the trainer still holds."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from alphaflow.data import DataError, loader as loader_module, make_train_loader, prepare_arrays, read_manifest, storage
+from alphaflow.data import DataError, SlotPlan, make_train_loader, prepare_arrays, read_manifest, storage
+from alphaflow.data.shards import sample_period
 from tests.test_data_local import N, make_arrays
 
 torch.set_num_threads(1)
@@ -25,13 +26,13 @@ def local_set(tmp_path_factory):
 def _count_fetches(monkeypatch) -> list[tuple[str, int, int]]:
     """Every byte range the reader asks storage for (this process: loader workers 0)."""
     fetched = []
-    real = storage.read_ranges
+    real = storage.read_range
 
-    def counting(url, bounds, total=None):
-        fetched.extend((url, lo, hi) for lo, hi in bounds)
-        return real(url, bounds, total)
+    def counting(url, start, end, *args, **kwargs):
+        fetched.append((url, start, end))
+        return real(url, start, end, *args, **kwargs)
 
-    monkeypatch.setattr(storage, "read_ranges", counting)
+    monkeypatch.setattr(storage, "read_range", counting)
     return fetched
 
 
@@ -51,11 +52,10 @@ def _epoch(url: str, world: int = 2, workers: int = 2, batch: int = 16) -> list[
     return out
 
 
-def test_each_sample_is_fetched_once_per_epoch_in_blocks(local_set, monkeypatch):
+def test_each_sample_is_fetched_once_per_epoch(local_set, monkeypatch):
     m = read_manifest(local_set)
     assert len(m.shards) >= 4
-    period = loader_module.sample_period(m.stored_shape, m.latent_dtype)
-    monkeypatch.setattr(loader_module, "BLOCK_BYTES", 7 * period)     # runs of ~100 samples in blocks of 7
+    period = sample_period(m.stored_shape, m.latent_dtype)
     fetched = _count_fetches(monkeypatch)
     epoch0 = []
     for rank in range(2):                                              # 2 ranks x 1 slot, in this process
@@ -66,32 +66,20 @@ def test_each_sample_is_fetched_once_per_epoch_in_blocks(local_set, monkeypatch)
             next(it)
         it.close()
         # this slot's runs in epoch 0, from the plan; the reader may already have fetched the next epoch's first
-        plan = loader_module.SlotPlan([s.num_samples for s in m.shards], "exact", 4, rank, 2, 16)
+        plan = SlotPlan([s.num_samples for s in m.shards], "exact", 4, rank, 2, 16)
         runs, have = [], 0
         for shard, lo, hi, _ in plan.segments(0):
             if have == plan.per_slot:
                 break
-            runs.append((m.shards[shard].url, lo, hi))
+            runs.append((m.shards[shard].url, lo * period, hi * period))
             have += hi - lo
-        assert any(0 < lo or hi < m.shards[[s.url for s in m.shards].index(u)].num_samples for u, lo, hi in runs)
-        blocks = [(u, a * period, b * period) for u, lo, hi in runs
-                  for a, b in zip([lo, *range((lo // 7 + 1) * 7, hi, 7)], [*range((lo // 7 + 1) * 7, hi, 7), hi])]
-        assert fetched[:len(blocks)] == blocks          # exactly its runs' samples, block by block, in order
-        assert len(fetched) - len(blocks) <= -(-m.shards[0].num_samples // 7)   # at most one run ahead
-        epoch0 += blocks
+        assert fetched[:len(runs)] == runs and len(fetched) <= len(runs) + 1
+        epoch0 += runs
+    # the windows cut a shard at sample 480: each rank fetched only its own part of it
+    assert any(lo > 0 for _, lo, _ in epoch0)
     spans = sorted(epoch0)
     assert all(a[0] != b[0] or a[2] <= b[1] for a, b in zip(spans, spans[1:])), "a sample fetched twice"
     assert sum(hi - lo for _, lo, hi in epoch0) == N * period          # every sample once, nothing else
-
-
-def test_batches_do_not_depend_on_the_block_size(local_set, monkeypatch):
-    whole = _epoch(local_set)
-    m = read_manifest(local_set)
-    monkeypatch.setattr(loader_module, "BLOCK_BYTES", 5 * loader_module.sample_period(m.stored_shape,
-                                                                                     m.latent_dtype))
-    blocks = _epoch(local_set)
-    # the same samples in every batch; only their order inside a batch (grouped by block) may differ
-    assert [[sorted(b) for b in r] for r in blocks] == [[sorted(b) for b in r] for r in whole]
 
 
 @pytest.mark.s3
@@ -104,8 +92,8 @@ def test_s3_batches_equal_local_ones(local_set, s3_env, monkeypatch):
         storage.upload_file(s.url, f"{dest}/{Path(s.url).name}")
     for side in ("stats.npz", "manifest.parquet"):
         storage.upload_file(str(Path(local_set).parent / side), f"{dest}/{side}")
-    period = loader_module.sample_period(src.stored_shape, src.latent_dtype)
-    monkeypatch.setattr(loader_module, "BLOCK_BYTES", 9 * period)
+    period = sample_period(src.stored_shape, src.latent_dtype)
+    monkeypatch.setattr(storage, "S3_PART_BYTES", 9 * period - 100)   # runs come as several parts, cut anywhere
     local = _epoch(local_set, workers=2)
     remote = _epoch(f"{dest}/manifest.parquet", workers=2)
     assert remote == local
@@ -119,8 +107,7 @@ def test_ranged_reads_return_the_bytes_and_catch_a_replaced_object(s3_env, monke
     storage.upload_bytes(blob, url)
     assert storage.read_bytes(url, len(blob)) == blob                       # 11 parts, 4 at a time
     assert bytes(storage.read_range(url, 123, 4567, len(blob))) == blob[123:4567]
-    parts = storage.read_ranges(url, [(0, 10), (5000, 10_500)], len(blob))
-    assert [bytes(p) for p in parts] == [blob[:10], blob[5000:]]
+    assert bytes(storage.read_range(url, 10_000, 10_500)) == blob[10_000:]
     storage.upload_bytes(blob[:9000], url)                                  # replaced by a shorter object
     for read in (lambda: storage.read_range(url, 0, 5000, len(blob)), lambda: storage.read_bytes(url, len(blob))):
         with pytest.raises(DataError) as e:
