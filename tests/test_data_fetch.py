@@ -126,3 +126,17 @@ def test_batches_the_trainer_keeps_are_never_overwritten(local_set):
     for got, ref in zip(kept + dropped, want):
         assert torch.equal(got, ref)
     assert len({x.data_ptr() for x in kept}) == 12
+
+
+def test_receive_falls_back_to_read_and_copy_without_a_socket_stream():
+    """A body whose stream is not urllib3's (here a real botocore StreamingBody over bytes) is read and copied."""
+    import io
+
+    from botocore.response import StreamingBody
+
+    data = bytes(range(256)) * 40
+    out = bytearray(len(data))
+    assert storage._receive(StreamingBody(io.BytesIO(data), len(data)), memoryview(out)) == len(data)
+    assert bytes(out) == data
+    short = bytearray(len(data) + 10)                   # the server sent less than asked: the caller retries
+    assert storage._receive(StreamingBody(io.BytesIO(data), len(data)), memoryview(short)) == len(data)
