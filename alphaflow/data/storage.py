@@ -76,41 +76,42 @@ def reset_clients() -> None:
         _clients.clear()
 
 
+def _this_process(cache: dict, make):
+    """cache[pid], made on first use in this process: a forked child makes its own (sockets and threads do not
+    survive fork)."""
+    pid = os.getpid()
+    value = cache.get(pid)
+    if value is None:
+        with _lock:
+            value = cache.get(pid)
+            if value is None:
+                cache.clear()
+                value = cache[pid] = make()
+    return value
+
+
 def s3_client():
     """This process's boto3 S3 client (created on first use; a forked child makes its own from the same session)."""
-    global _session
-    pid = os.getpid()
-    client = _clients.get(pid)
-    if client is None:
-        with _lock:
-            client = _clients.get(pid)
-            if client is None:
-                import boto3
-                from botocore.config import Config
+    return _this_process(_clients, _new_client)
 
-                if _session is None:
-                    _session = boto3.session.Session()
-                custom_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
-                style = os.environ.get("AFSWEEP_S3_ADDRESSING", "path" if custom_endpoint else "auto")
-                config = Config(region_name=_session.region_name or "us-east-1", s3={"addressing_style": style},
-                                retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10,
-                                read_timeout=120, max_pool_connections=max(10, 2 * S3_CONCURRENCY))
-                client = _session.client("s3", config=config)
-                _clients.clear()
-                _clients[pid] = client
-    return client
+
+def _new_client():
+    global _session
+    import boto3
+    from botocore.config import Config
+
+    if _session is None:
+        _session = boto3.session.Session()
+    custom_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    style = os.environ.get("AFSWEEP_S3_ADDRESSING", "path" if custom_endpoint else "auto")
+    config = Config(region_name=_session.region_name or "us-east-1", s3={"addressing_style": style},
+                    retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=120,
+                    max_pool_connections=max(10, 2 * S3_CONCURRENCY))
+    return _session.client("s3", config=config)
 
 
 def _part_pool() -> ThreadPoolExecutor:
-    pid = os.getpid()
-    pool = _part_pools.get(pid)
-    if pool is None:
-        with _lock:
-            pool = _part_pools.get(pid)
-            if pool is None:
-                _part_pools.clear()
-                pool = _part_pools[pid] = ThreadPoolExecutor(S3_CONCURRENCY, thread_name_prefix="afsweep-s3")
-    return pool
+    return _this_process(_part_pools, lambda: ThreadPoolExecutor(S3_CONCURRENCY, thread_name_prefix="afsweep-s3"))
 
 
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
