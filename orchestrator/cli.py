@@ -263,11 +263,13 @@ def _best_dict(r) -> dict:
 
 def _registered_model_of(client, run_id: str) -> str:
     """The registry name the trial's sweep uses (recorded on the parent run at launch)."""
+    from orchestrator import tracking
+
     parent = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
     params = client.get_run(parent).data.params if parent else {}
     if params.get("registered_model"):
         return params["registered_model"]
-    return f"afsweep-{params.get('dataset', 'model').split(':')[0]}"
+    return tracking.default_model_name(params.get("dataset", "model"))
 
 
 def _add_optional_commands() -> None:

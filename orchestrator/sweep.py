@@ -72,7 +72,7 @@ def ensure_data(spec: SweepSpec, run_dir: Path, echo=print) -> str:
 
 def registered_model_name(spec: SweepSpec, manifest) -> str:
     """The registry name of a sweep's best generators: the spec's, else afsweep-<data set>."""
-    return spec.tracking.registered_model or f"afsweep-{manifest.dataset_id.split(':')[0]}"
+    return spec.tracking.registered_model or tracking.default_model_name(manifest.dataset_id)
 
 
 # the keys that decide how long a trial is and when its alpha transition ends
@@ -262,7 +262,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         "threads_per_worker": spec.train.threads_per_worker, "log_every": spec.train.log_every,
         "eval_every": spec.train.eval_every, "eval_samples": spec.train.eval_samples,
         "eval_nstep": spec.train.eval_nstep,
-        "extractor": extractor, "fid_reference": manifest.fid_reference,
+        "extractor": extractor,
         "train_storage": str(run_dir / "ray" / sweep_name / "train"),
     }
     metric, mode = spec.search.metric, spec.search.mode

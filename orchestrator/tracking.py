@@ -27,6 +27,11 @@ MODEL_ARTIFACT = "generator"
 MODEL_URI_TAG = "afsweep.model_uri"  # the run's logged generator (models:/m-...), logged once per run
 
 
+def default_model_name(dataset_id: str) -> str:
+    """The registry name of a sweep's generators when its spec names none: afsweep-<data set>."""
+    return f"afsweep-{dataset_id.split(':')[0]}"
+
+
 class TrackingError(RuntimeError):
     """MLflow cannot be used; one line naming the URI."""
 

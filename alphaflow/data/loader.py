@@ -109,7 +109,6 @@ class _Reader:
         self.period = sample_period(m.stored_shape, m.latent_dtype)   # bytes per sample in shards we wrote
         self._buffers: list[np.ndarray] = []     # S3 run buffers, reused (fresh memory costs page faults)
         self._buffers_lock = threading.Lock()
-        self.skipped = 0
 
     def prefetch(self, run: tuple[int, int, int]) -> None:
         """Start reading and decoding a run in a background thread (reads and numpy release the GIL)."""
@@ -186,6 +185,11 @@ class _Reader:
         return data
 
 
+def _float_view(storage: torch.UntypedStorage, shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 tensor of `shape` on `storage` (a new view: holding it is what the storage's use count sees)."""
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
+
+
 class _ChunkPool:
     """Shared-memory buffers for the workers' chunks, made before the workers start (so every process maps the
     same ones) and reused: a chunk in a pooled buffer crosses to the trainer as its index alone, and neither side
@@ -201,14 +205,13 @@ class _ChunkPool:
         self._held: list[tuple[int, int]] = []     # trainer side: buffers received and not yet given back
 
     def view(self, storage: torch.UntypedStorage, n: int) -> torch.Tensor:
-        return torch.empty(0, dtype=torch.float32).set_(storage, 0, (n, *self.shape[1:]))
+        return _float_view(storage, (n, *self.shape[1:]))
 
     def take(self, slot: int, n: int) -> tuple[int, torch.Tensor]:
         """Worker side: (buffer index, or -1 for fresh memory; a float32 (n, B, C, H, W) tensor to fill)."""
         free = np.flatnonzero(self.busy[slot].numpy() == 0)
         if len(free) == 0:
-            return -1, torch.empty(0, dtype=torch.float32).set_(
-                torch.UntypedStorage._new_shared(4 * n * int(np.prod(self.shape[1:]))), 0, (n, *self.shape[1:]))
+            return -1, self.view(torch.UntypedStorage._new_shared(4 * n * int(np.prod(self.shape[1:]))), n)
         i = int(free[0])
         self.busy[slot, i] = 1
         return i, self.view(self.storages[slot][i], n)
@@ -239,7 +242,7 @@ class _BatchRing:
     def take(self) -> torch.Tensor:
         for st in self.storages:
             if torch._C._storage_Use_Count(st._cdata) == 1:   # no tensor of ours left out there
-                return torch.empty(0, dtype=torch.float32).set_(st, 0, self.shape)
+                return _float_view(st, self.shape)
         x = torch.empty(self.shape, dtype=torch.float32)
         if len(self.storages) < self.size:
             self.storages.append(x.untyped_storage())

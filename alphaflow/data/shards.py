@@ -221,23 +221,6 @@ def _octal(fields: np.ndarray) -> np.ndarray:
     return digits @ (8 ** np.arange(10, -1, -1, dtype=np.int64))
 
 
-def _regular_head(data, url: str, sample_shape):
-    """(key length, .npy member offset and size, .npy layout, period) when the first sample is laid out as ours
-    are (`<key>.cls` then `<key>.npy`, one 512-byte block of label); None otherwise."""
-    members = _tar_members(data, url)
-    try:
-        (n1, s1, z1), (n2, s2, z2) = next(members), next(members)
-    except (StopIteration, DataError):
-        return None
-    key_len = n1.find(".")
-    if key_len <= 0 or n1[key_len:] != ".cls" or n2 != n1[:key_len] + ".npy" or (s1, s2) != (512, 1536) or z1 > 512:
-        return None
-    layout = _npy_layout(data, s2, z2, {})
-    if layout is None or layout[1] != tuple(sample_shape):
-        return None
-    return key_len, s2, z2, layout, s2 + (z2 + 511) // 512 * 512
-
-
 def sample_period(sample_shape, dtype) -> int:
     """Bytes per sample in the shards ShardSink writes (a 512-byte tar header and block for the label, a header and
     the .npy padded to 512 bytes): sample i of such a shard starts at i * period, so the reader can fetch just a
@@ -263,10 +246,18 @@ def _decode_regular(data, url: str, sample_shape, dtype, expected: int, archive_
     same size): every header is checked at once with numpy, and the latents stay a strided view of `data`.
     Returns None when the layout differs in any way; the general parser then decides. archive_end: `data` is a
     whole shard (the end-of-archive blocks follow the samples), not a run of samples cut out of one."""
-    head = _regular_head(data, url, sample_shape)
-    if head is None:
+    members = _tar_members(data, url)
+    try:
+        (n1, s1, z1), (n2, s2, z2) = next(members), next(members)
+    except (StopIteration, DataError):
         return None
-    key_len, s2, z2, layout, period = head
+    key_len = n1.find(".")
+    if key_len <= 0 or n1[key_len:] != ".cls" or n2 != n1[:key_len] + ".npy" or (s1, s2) != (512, 1536) or z1 > 512:
+        return None
+    layout = _npy_layout(data, s2, z2, {})
+    if layout is None or layout[1] != tuple(sample_shape):
+        return None
+    period = s2 + (z2 + 511) // 512 * 512
     n = expected
     buf = np.frombuffer(data, np.uint8)
     if archive_end:
