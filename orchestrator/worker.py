@@ -69,6 +69,7 @@ def _probes(trainer, cfg, decode, image_shape, num_classes: int, extractor, refe
 
 def train_loop(config: dict[str, Any]) -> None:
     import ray.train
+    import ray.train.torch
 
     from alphaflow.config import config_from_dict
     from alphaflow.data import get_codec, make_train_loader, read_manifest
@@ -81,7 +82,10 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = config_from_dict(config["train_config"])
     manifest = read_manifest(config["manifest"])
-    trainer = Trainer(cfg, image_shape=tuple(manifest.image_shape), num_classes=manifest.num_classes)
+    # the GPU Ray Train gave this worker (use_gpu: true), else the CPU
+    device = ray.train.torch.get_device()
+    trainer = Trainer(cfg, image_shape=tuple(manifest.image_shape), num_classes=manifest.num_classes,
+                      device=str(device))
 
     best = {"fid1": math.inf, "fid2": math.inf, "fid1_step": 0, "fid2_step": 0}
     position = None
@@ -96,7 +100,8 @@ def train_loop(config: dict[str, Any]) -> None:
     loader = make_train_loader(config["manifest"], batch_size=per_rank_batch, rank=rank, world_size=world,
                                seed=cfg.seed, mode=config["data_mode"], num_workers=config["loader_workers"],
                                position=position, on_corrupt=config.get("on_corrupt", "raise"),
-                               verify=config.get("verify", "size"), cache_dir=config.get("cache_dir"))
+                               verify=config.get("verify", "size"), cache_dir=config.get("cache_dir"),
+                               device=trainer.device)
 
     log = _RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
     if rank == 0:

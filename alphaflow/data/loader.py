@@ -26,9 +26,11 @@ nothing about order or resuming. A batch the trainer keeps is a view that keeps 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
@@ -38,6 +40,7 @@ import torch
 from alphaflow.data import storage
 from alphaflow.data.errors import DataError
 from alphaflow.data.manifest import Manifest, read_manifest
+from alphaflow.data.normalize import LatentNormalizer
 from alphaflow.data.shards import (DecodedShard, decode_samples, decode_shard, is_regular_size, sample_period,
                                    sha256_bytes)
 
@@ -96,6 +99,16 @@ class SlotPlan:
                 draw += 1
 
 
+class _Run:
+    """Decoded samples of one shard run, and their latents as a torch view for gathering batches."""
+
+    def __init__(self, decoded: DecodedShard):
+        self.decoded = decoded
+        with warnings.catch_warnings():   # a view of a read-only mapping: torch warns, we only ever read it
+            warnings.simplefilter("ignore", UserWarning)
+            self.latents = torch.from_numpy(decoded.latents)
+
+
 class _Reader:
     """Reads and decodes runs of samples [lo, hi) of shards: only those samples' bytes when the shard is laid out
     regularly (ours are; S3: parallel ranged GETs), else the whole shard (with retries, checks and an optional
@@ -103,7 +116,7 @@ class _Reader:
 
     def __init__(self, m: Manifest, verify: str, cache_dir: str | None, on_corrupt: str):
         self.m, self.verify, self.cache_dir, self.on_corrupt = m, verify, cache_dir, on_corrupt
-        self._last: tuple[tuple[int, int, int], DecodedShard] | None = None
+        self._last: tuple[tuple[int, int, int], _Run] | None = None
         self._pending: dict[tuple[int, int, int], Future] = {}
         self._pool: ThreadPoolExecutor | None = None
         self.period = sample_period(m.stored_shape, m.latent_dtype)   # bytes per sample in shards we wrote
@@ -118,22 +131,23 @@ class _Reader:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="afsweep-prefetch")
         self._pending[run] = self._pool.submit(self._decoded, run)
 
-    def run(self, run: tuple[int, int, int]) -> DecodedShard:
+    def run(self, run: tuple[int, int, int]) -> _Run:
         """Samples [lo, hi) of shard i, run = (i, lo, hi)."""
         if self._last is not None and self._last[0] == run:
             return self._last[1]
         pending = self._pending.pop(run, None)
-        d = pending.result() if pending is not None else self._decoded(run)
-        if d.corrupt:
+        r = pending.result() if pending is not None else self._decoded(run)
+        corrupt = r.decoded.corrupt
+        if corrupt:
             url = self.m.shards[run[0]].url
             if self.on_corrupt != "skip":
-                raise DataError(f"{url}: corrupt sample {d.corrupt[0]} "
-                                f"({len(d.corrupt)} in this shard; on_corrupt='skip' skips them)")
-            log.warning("%s: skipping %d corrupt samples", url, len(d.corrupt))
-        self._last = (run, d)
-        return d
+                raise DataError(f"{url}: corrupt sample {corrupt[0]} "
+                                f"({len(corrupt)} in this shard; on_corrupt='skip' skips them)")
+            log.warning("%s: skipping %d corrupt samples", url, len(corrupt))
+        self._last = (run, r)
+        return r
 
-    def _decoded(self, run: tuple[int, int, int]) -> DecodedShard:
+    def _decoded(self, run: tuple[int, int, int]) -> _Run:
         i, lo, hi = run
         rec = self.m.shards[i]
         shape, dtype = self.m.stored_shape, self.m.latent_dtype
@@ -143,10 +157,10 @@ class _Reader:
             data = storage.read_range(rec.url, lo * self.period, hi * self.period, rec.bytes, out)
             d = decode_samples(data, rec.url, shape, dtype, hi - lo)
             if d is not None:
-                return d
+                return _Run(d)
         # the whole shard: verified, cached, or not laid out regularly (the general parser marks corrupt samples)
         d = decode_shard(self._bytes(i), rec.url, shape, dtype, rec.num_samples)
-        return d.part(lo, hi)
+        return _Run(d.part(lo, hi))
 
     def _free_buffer(self) -> memoryview:
         """A buffer for the largest run that no decoded run still views (the run being batched and the one being
@@ -185,9 +199,13 @@ class _Reader:
         return data
 
 
-def _float_view(storage: torch.UntypedStorage, shape: tuple[int, ...]) -> torch.Tensor:
-    """A float32 tensor of `shape` on `storage` (a new view: holding it is what the storage's use count sees)."""
-    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
+def _stored_dtype(m: Manifest) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, m.latent_dtype)).dtype
+
+
+def _view(storage: torch.UntypedStorage, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """A tensor of `shape` on `storage` (a new view: holding it is what the storage's use count sees)."""
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 class _ChunkPool:
@@ -197,21 +215,22 @@ class _ChunkPool:
     storage's use count, as torch's cudagraph trees check their outputs); with none free a worker takes fresh
     shared memory, sent along with the chunk, so a trainer keeping its batches is never short-changed."""
 
-    def __init__(self, slots: int, per_slot: int, shape: tuple[int, ...]):
-        nbytes = 4 * int(np.prod(shape))
-        self.shape = shape
+    def __init__(self, slots: int, per_slot: int, shape: tuple[int, ...], dtype: torch.dtype):
+        self.shape, self.dtype, self.itemsize = shape, dtype, torch.empty(0, dtype=dtype).element_size()
+        nbytes = self.itemsize * int(np.prod(shape))
         self.storages = [[torch.UntypedStorage._new_shared(nbytes) for _ in range(per_slot)] for _ in range(slots)]
         self.busy = torch.zeros((slots, per_slot), dtype=torch.uint8).share_memory_()   # 1: a worker's or ours
         self._held: list[tuple[int, int]] = []     # trainer side: buffers received and not yet given back
 
     def view(self, storage: torch.UntypedStorage, n: int) -> torch.Tensor:
-        return _float_view(storage, (n, *self.shape[1:]))
+        return _view(storage, self.dtype, (n, *self.shape[1:]))
 
     def take(self, slot: int, n: int) -> tuple[int, torch.Tensor]:
-        """Worker side: (buffer index, or -1 for fresh memory; a float32 (n, B, C, H, W) tensor to fill)."""
+        """Worker side: (buffer index, or -1 for fresh memory; an (n, B, C, H, W) tensor to fill)."""
         free = np.flatnonzero(self.busy[slot].numpy() == 0)
         if len(free) == 0:
-            return -1, self.view(torch.UntypedStorage._new_shared(4 * n * int(np.prod(self.shape[1:]))), n)
+            nbytes = self.itemsize * n * int(np.prod(self.shape[1:]))
+            return -1, self.view(torch.UntypedStorage._new_shared(nbytes), n)
         i = int(free[0])
         self.busy[slot, i] = 1
         return i, self.view(self.storages[slot][i], n)
@@ -235,15 +254,15 @@ class _BatchRing:
     """Batch tensors reused once the trainer holds none of them: fresh memory for every batch costs page faults
     that, at 1 MB a batch, take longer than filling it."""
 
-    def __init__(self, shape: tuple[int, ...], size: int = 4):
-        self.shape, self.size = shape, size
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, size: int = 4):
+        self.shape, self.dtype, self.size = shape, dtype, size
         self.storages: list[torch.UntypedStorage] = []
 
     def take(self) -> torch.Tensor:
         for st in self.storages:
             if torch._C._storage_Use_Count(st._cdata) == 1:   # no tensor of ours left out there
-                return _float_view(st, self.shape)
-        x = torch.empty(self.shape, dtype=torch.float32)
+                return _view(st, self.dtype, self.shape)
+        x = torch.empty(self.shape, dtype=self.dtype)
         if len(self.storages) < self.size:
             self.storages.append(x.untyped_storage())
         return x
@@ -262,12 +281,6 @@ class _SlotStream(torch.utils.data.IterableDataset):
         self.shift = loader._next_worker
         self.verify, self.cache_dir, self.on_corrupt = loader.verify, loader.cache_dir, loader.on_corrupt
         self.chunk = loader.chunk
-        c = self.m.image_shape[0]
-        self.mean = np.asarray(self.m.mean, np.float32).reshape(c, 1, 1)
-        self.inv_std = (1.0 / np.asarray(self.m.std, np.float32)).reshape(c, 1, 1)
-        self.inv_std_t = torch.from_numpy(self.inv_std)
-        self.shift_t = torch.from_numpy(-self.mean * self.inv_std)   # (x - mean) / std = x * inv_std + shift
-        self.posterior = self.m.latent_store == "posterior"
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -278,12 +291,12 @@ class _SlotStream(torch.utils.data.IterableDataset):
         # no workers: every slot of this rank, rotated, in this process, one batch at a time
         locals_ = [(w + self.shift) % self.nw for w in range(self.nw)]
         streams = [self._batches(local) for local in locals_]
-        ring = _BatchRing((self.batch_size, *self.m.image_shape))
+        ring = _BatchRing((self.batch_size, *self.m.stored_shape), _stored_dtype(self.m))
         while True:
             for local, s in zip(locals_, streams):
                 parts, counter, skipped = next(s)
                 x = ring.take()
-                y, keys = self._fill(x, parts, local, counter)
+                y, keys = self._gather(x, parts)
                 yield {"x": x, "y": torch.from_numpy(y), "keys": keys.tolist(), "local": local, "counter": counter,
                        "skipped": skipped}
 
@@ -301,7 +314,7 @@ class _SlotStream(torch.utils.data.IterableDataset):
             try:
                 for j in range(size):
                     parts, counter, skip = next(batches)
-                    y[j], k = self._fill(x[j], parts, local, counter)
+                    y[j], k = self._gather(x[j], parts)
                     keys.append(k)
                     counters.append(counter)
                     skipped.append(skip)
@@ -322,13 +335,13 @@ class _SlotStream(torch.utils.data.IterableDataset):
                 "counters": counters, "skipped": skipped}
 
     def _batches(self, local: int):
-        """(parts, counter, skipped) per batch of one slot: parts are (decoded shard, sample indices) pairs."""
+        """(parts, counter, skipped) per batch of one slot: parts are (run, sample indices) pairs."""
         slot = self.rank * self.nw + local
         plan = SlotPlan([r.num_samples for r in self.m.shards], self.mode, self.seed, slot, self.num_slots,
                         self.batch_size)
         reader = _Reader(self.m, self.verify, self.cache_dir, self.on_corrupt)
         counter = self.counts[local]
-        parts: list[tuple[DecodedShard, np.ndarray]] = []
+        parts: list[tuple[_Run, np.ndarray]] = []
         have = skipped = 0
         segments = plan.segments(counter)
         upcoming = next(segments)
@@ -344,8 +357,8 @@ class _SlotStream(torch.utils.data.IterableDataset):
                 take = idx[pos:pos + self.batch_size - have]
                 pos += len(take)
                 counter += len(take)
-                if d.corrupt:
-                    good = d.valid[take]
+                if d.decoded.corrupt:
+                    good = d.decoded.valid[take]
                     skipped += int((~good).sum())
                     take = take[good]
                 if len(take):
@@ -355,22 +368,16 @@ class _SlotStream(torch.utils.data.IterableDataset):
                     yield parts, counter, skipped
                     parts, have, skipped = [], 0, 0
 
-    def _fill(self, x: torch.Tensor, parts, local: int, counter: int) -> tuple[np.ndarray, np.ndarray]:
-        """Writes one batch's normalised latents into x (float32 (B, C, H, W)); returns its labels and keys."""
-        y = np.concatenate([d.labels[i] for d, i in parts])
-        keys = np.concatenate([d.keys[i] for d, i in parts])
-        if self.posterior:  # a fresh draw from the stored posterior, seeded by where we are in the stream
-            lat = np.concatenate([d.latents[i] for d, i in parts]).astype(np.float32)
-            c = lat.shape[1] // 2
-            eps = np.random.default_rng([self.seed, 3, self.rank * self.nw + local, counter]).standard_normal(
-                lat[:, :c].shape, dtype=np.float32)
-            lat = lat[:, :c] + np.exp(0.5 * lat[:, c:]) * eps
-            lat -= self.mean
-            x.copy_(torch.from_numpy(lat)).mul_(self.inv_std_t)
-        else:  # gather in the stored dtype; torch widens float16 several times faster than numpy
-            lat = (np.concatenate([d.latents[i] for d, i in parts]) if len(parts) > 1
-                   else parts[0][0].latents[parts[0][1]])
-            x.copy_(torch.from_numpy(lat)).mul_(self.inv_std_t).add_(self.shift_t)
+    @staticmethod
+    def _gather(x: torch.Tensor, parts) -> tuple[np.ndarray, np.ndarray]:
+        """Copies one batch's latents, in their stored dtype, into x (B, C, H, W); returns its labels and keys.
+        Normalising is left to the trainer's device (see normalize.py)."""
+        y = np.concatenate([d.decoded.labels[i] for d, i in parts])
+        keys = np.concatenate([d.decoded.keys[i] for d, i in parts])
+        at = 0
+        for d, i in parts:
+            torch.index_select(d.latents, 0, torch.from_numpy(i), out=x[at:at + len(i)])
+            at += len(i)
         return y, keys
 
 
@@ -381,16 +388,18 @@ def _as_is(item: dict) -> dict:
 
 
 class TrainLoader:
-    """An endless iterable of (x float32 (B, C, H, W) normalised, y int64 (B,)) for one rank.
+    """An endless iterable of (x float32 (B, C, H, W) normalised, y int64 (B,)) on `device`, for one rank.
 
-    `position()` is a JSON-able dict; `make_train_loader(..., position=p)` continues with the next unseen sample.
+    The workers gather batches in the stored dtype; they cross to `device` as they are and are normalised there
+    (normalize.py): on a GPU node the CPU never widens or scales a latent. `raw_batches()` is the same stream
+    before that step. `position()` is a JSON-able dict; `make_train_loader(..., position=p)` continues with the next unseen sample.
     A position saved by another rank of the same layout works too (ranks advance in lockstep).
     `last_keys` holds the sample keys of the batch yielded last.
     """
 
     def __init__(self, url: str, batch_size: int, rank: int, world_size: int, seed: int, mode: str,
                  num_workers: int, position: dict | None, on_corrupt: str, verify: str, cache_dir: str | None,
-                 prefetch: int):
+                 prefetch: int, device: str | torch.device = "cpu"):
         if mode not in MODES:
             raise DataError(f"data mode {mode!r}: expected one of {', '.join(MODES)}")
         if on_corrupt not in ("raise", "skip"):
@@ -407,8 +416,13 @@ class TrainLoader:
         self.mode, self.num_workers, self.prefetch = mode, num_workers, prefetch
         self.on_corrupt, self.verify, self.cache_dir = on_corrupt, verify, cache_dir
         self.slots_per_rank = max(1, num_workers)
-        # batches per worker message (see _SlotStream._chunks): up to CHUNK_BYTES of float32 latents, at most 16
-        batch_bytes = 4 * batch_size * int(np.prod(self.manifest.image_shape))
+        self.device = torch.device(device)
+        self.normalize = LatentNormalizer(self.manifest.mean, self.manifest.std,
+                                          self.manifest.latent_store == "posterior", self.seed,
+                                          self.manifest.image_shape)
+        # batches per worker message (see _SlotStream._chunks): up to CHUNK_BYTES of stored latents, at most 16
+        stored = self.manifest.stored_shape
+        batch_bytes = np.dtype(self.manifest.latent_dtype).itemsize * batch_size * int(np.prod(stored))
         self.chunk = int(min(16, max(1, CHUNK_BYTES // batch_bytes)))
         self.num_slots = world_size * self.slots_per_rank
         n = self.manifest.num_samples
@@ -462,6 +476,26 @@ class TrainLoader:
         self._next_worker = self.batches % nw
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # on the CPU the float32 batches are reused once the trainer has let go of them (see _BatchRing)
+        ring = (_BatchRing((self.batch_size, *self.manifest.image_shape), torch.float32)
+                if self.device.type == "cpu" else None)
+        with contextlib.closing(self._items()) as items:
+            for item in items:
+                # pop: a worker's chunk buffer goes back to its pool as soon as nothing points into it
+                x = item.pop("x").to(self.device, non_blocking=True)
+                slot = self.rank * self.slots_per_rank + item["local"]
+                x = self.normalize(x, slot, item["counter"], ring.take() if ring is not None else None)
+                yield x, item["y"].to(self.device, non_blocking=True)
+
+    def raw_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The same batches (and position) as iterating, before the copy to the device and normalising: latents in
+        the stored dtype and layout (a posterior's mean and log-variance channels), on the CPU. What a GPU node's
+        CPU does per batch."""
+        with contextlib.closing(self._items()) as items:
+            for item in items:
+                yield item.pop("x"), item["y"]
+
+    def _items(self) -> Iterator[dict]:
         if self.num_workers == 0:
             items = iter(_SlotStream(self))
             batches = items
@@ -470,7 +504,7 @@ class TrainLoader:
             # the messages in flight, the one being filled, the one being handed out here, one the trainer holds.
             messages = max(1, -(-self.prefetch // self.chunk))
             pool = _ChunkPool(self.slots_per_rank, messages + 3,
-                              (self.chunk, self.batch_size, *self.manifest.image_shape))
+                              (self.chunk, self.batch_size, *self.manifest.stored_shape), _stored_dtype(self.manifest))
             ds = _SlotStream(self, pool)
             items = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                                                      prefetch_factor=messages, persistent_workers=False,
@@ -487,7 +521,7 @@ class TrainLoader:
                                 self.rank)
                 self.last_keys = item["keys"]
                 self.batches += 1
-                yield item["x"], item["y"]
+                yield item
         finally:
             # stop the workers now: a traceback that keeps this frame alive would otherwise keep them (and their
             # queue threads) running until interpreter exit
@@ -527,7 +561,8 @@ class TrainLoader:
 def make_train_loader(url: str, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                       mode: str = "resampled", num_workers: int = 0, position: dict | None = None, *,
                       on_corrupt: str = "raise", verify: str = "size", cache_dir: str | None = None,
-                      prefetch: int = 2) -> TrainLoader:
-    """The training batches of one rank, forever. See the module docstring for how samples are split."""
+                      prefetch: int = 2, device: str | torch.device = "cpu") -> TrainLoader:
+    """The training batches of one rank, forever, on `device`. See the module docstring for how samples are
+    split."""
     return TrainLoader(url, batch_size, rank, world_size, seed, mode, num_workers, position, on_corrupt, verify,
-                       cache_dir, prefetch)
+                       cache_dir, prefetch, device)
