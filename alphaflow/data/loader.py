@@ -392,7 +392,9 @@ class TrainLoader:
 
     The workers gather batches in the stored dtype; they cross to `device` as they are and are normalised there
     (normalize.py): on a GPU node the CPU never widens or scales a latent. `raw_batches()` is the same stream
-    before that step. `position()` is a JSON-able dict; `make_train_loader(..., position=p)` continues with the next unseen sample.
+    before that step.
+
+    `position()` is a JSON-able dict; `make_train_loader(..., position=p)` continues with the next unseen sample.
     A position saved by another rank of the same layout works too (ranks advance in lockstep).
     `last_keys` holds the sample keys of the batch yielded last.
     """
