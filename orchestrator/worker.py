@@ -7,6 +7,7 @@ logs to the trial's MLflow child run and passes checkpoints; every rank calls `r
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -67,9 +68,21 @@ def _probes(trainer, cfg, decode, image_shape, num_classes: int, extractor, refe
     return out
 
 
+def _quiet_report_lines() -> None:
+    """Ray Train logs every ray.train.report at INFO from every rank, metrics dict and all: one such line per rank
+    per evaluation buries the Tune status table in the launch output. Its logger is named after its file."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:   # another Ray layout: keep its lines rather than fail
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
+
+    _quiet_report_lines()
 
     from alphaflow.config import config_from_dict
     from alphaflow.data import get_codec, make_train_loader, read_manifest
