@@ -216,7 +216,7 @@ class _ChunkPool:
     shared memory, sent along with the chunk, so a trainer keeping its batches is never short-changed."""
 
     def __init__(self, slots: int, per_slot: int, shape: tuple[int, ...], dtype: torch.dtype):
-        self.shape, self.dtype, self.itemsize = shape, dtype, torch.empty(0, dtype=dtype).element_size()
+        self.shape, self.dtype, self.itemsize = shape, dtype, dtype.itemsize
         nbytes = self.itemsize * int(np.prod(shape))
         self.storages = [[torch.UntypedStorage._new_shared(nbytes) for _ in range(per_slot)] for _ in range(slots)]
         self.busy = torch.zeros((slots, per_slot), dtype=torch.uint8).share_memory_()   # 1: a worker's or ours
