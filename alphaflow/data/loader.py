@@ -216,8 +216,8 @@ class _ChunkPool:
     shared memory, sent along with the chunk, so a trainer keeping its batches is never short-changed."""
 
     def __init__(self, slots: int, per_slot: int, shape: tuple[int, ...], dtype: torch.dtype):
-        self.shape, self.dtype, self.itemsize = shape, dtype, dtype.itemsize
-        nbytes = self.itemsize * int(np.prod(shape))
+        self.shape, self.dtype = shape, dtype
+        nbytes = dtype.itemsize * int(np.prod(shape))
         self.storages = [[torch.UntypedStorage._new_shared(nbytes) for _ in range(per_slot)] for _ in range(slots)]
         self.busy = torch.zeros((slots, per_slot), dtype=torch.uint8).share_memory_()   # 1: a worker's or ours
         self._held: list[tuple[int, int]] = []     # trainer side: buffers received and not yet given back
@@ -229,7 +229,7 @@ class _ChunkPool:
         """Worker side: (buffer index, or -1 for fresh memory; an (n, B, C, H, W) tensor to fill)."""
         free = np.flatnonzero(self.busy[slot].numpy() == 0)
         if len(free) == 0:
-            nbytes = self.itemsize * n * int(np.prod(self.shape[1:]))
+            nbytes = self.dtype.itemsize * n * int(np.prod(self.shape[1:]))
             return -1, self.view(torch.UntypedStorage._new_shared(nbytes), n)
         i = int(free[0])
         self.busy[slot, i] = 1
@@ -423,8 +423,7 @@ class TrainLoader:
                                           self.manifest.latent_store == "posterior", self.seed,
                                           self.manifest.image_shape)
         # batches per worker message (see _SlotStream._chunks): up to CHUNK_BYTES of stored latents, at most 16
-        stored = self.manifest.stored_shape
-        batch_bytes = np.dtype(self.manifest.latent_dtype).itemsize * batch_size * int(np.prod(stored))
+        batch_bytes = _stored_dtype(self.manifest).itemsize * batch_size * int(np.prod(self.manifest.stored_shape))
         self.chunk = int(min(16, max(1, CHUNK_BYTES // batch_bytes)))
         self.num_slots = world_size * self.slots_per_rank
         n = self.manifest.num_samples
