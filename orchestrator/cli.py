@@ -30,12 +30,12 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         from alphaflow.config import ConfigError
-        from orchestrator.sweep import SweepError
+        from orchestrator.sweep import SweepError, SweepInputError
         from orchestrator.tracking import TrackingError
 
         try:
             return super().invoke(ctx)
-        except (SpecError, ConfigError) as e:
+        except (SpecError, ConfigError, SweepInputError) as e:
             click.echo(f"afsweep: error: {_one_line(e)}", err=True)
             sys.exit(2)
         except (SweepError, TrackingError) as e:
@@ -155,10 +155,20 @@ def _print_outcome(outcome) -> None:
             click.echo(f"untrained model: fid1 = {outcome.untrained_fid1:.3f}")
         for k in _swept(b):
             click.echo(f"  {k} = {b.params.get(k)}")
-        for uri in outcome.registered.values():
-            click.echo(f"registered: {uri}")
+        for p in outcome.promotions:
+            if p.moved:
+                click.echo(f"registered: {p.uri} (version {p.version}: {p.reason})")
+            else:
+                click.echo(f"registered: {p.uri}; @{p.alias} kept: {p.reason} (move it yourself: afsweep best "
+                           f"--sweep {outcome.sweep_name} --metric {p.alias.split('-', 1)[1]} --register {p.alias})")
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    if outcome.completed == 0:
+        click.echo(f"afsweep: error: sweep {outcome.sweep_name}: no trial completed ({outcome.failed} failed); "
+                   f"nothing registered, no alias moved", err=True)
+        sys.exit(1)
     if outcome.best is None:
+        click.echo(f"afsweep: error: sweep {outcome.sweep_name}: no trained trial scored {outcome.metric}; nothing "
+                   f"registered", err=True)
         sys.exit(1)
 
 

@@ -47,10 +47,11 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 @contextmanager
 def global_tracking_uri(uri: str):
     """MLflow's fluent API (log_model, and resolving a `models:/m-...` source when registering) uses the global
-    tracking URI, and MLflow exports it to the environment: set it for the block, then put both back."""
-    from mlflow.tracking._tracking_service import utils as tracking_utils
+    tracking URI, and MLflow exports it to the environment (MLFLOW_TRACKING_URI, which mirrors the global one):
+    set it for the block, then put it back (None unsets both)."""
+    import os
 
-    previous = tracking_utils._tracking_uri
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
@@ -69,6 +70,8 @@ def _log(run_id: str, checkpoint_path: str, name: str) -> str:
     import pandas as pd
     from mlflow.models import infer_signature
 
+    client = mlflow.MlflowClient()
+    before = client.get_run(run_id).info  # logging reopens the run: its status and end time are put back after
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # MLflow's hints about integer columns, type-hinted predict() and input examples: the signature is explicit
         warnings.simplefilter("ignore", UserWarning)
@@ -81,4 +84,6 @@ def _log(run_id: str, checkpoint_path: str, name: str) -> str:
             signature=signature,
             pip_requirements=["afsweep", "torch==2.13.0"],
         )
+    if before.end_time:  # an ended trial keeps its true duration and state (start_run would make it FINISHED now)
+        client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     return info.model_uri

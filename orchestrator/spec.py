@@ -145,6 +145,9 @@ class TrackingSpec(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<run_dir>/mlflow.db")
     experiment: str = "afsweep"
     registered_model: str | None = Field(None, description="default afsweep-<dataset>")
+    move_aliases: Literal["if_better", "always"] = Field(
+        "if_better", description="best-fid1/best-fid2 move to this sweep's best only if it beats the current holder "
+        "on the same extractor and N (if_better), or always")
 
 
 class RaySpec(_Strict):

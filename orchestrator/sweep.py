@@ -23,6 +23,10 @@ class SweepError(RuntimeError):
     """The sweep cannot start or finish; one line that says what and where."""
 
 
+class SweepInputError(SweepError):
+    """The sweep's input is bad (a missing or truncated shard): exit code 2, before any trial starts."""
+
+
 @dataclass
 class SweepOutcome:
     sweep_name: str
@@ -34,9 +38,11 @@ class SweepOutcome:
     pruned: int
     failed: int
     failures: list[str] = field(default_factory=list)
+    metric: str = "fid1"
     best: tracking.BestTrial | None = None
     untrained_fid1: float | None = None
     registered: dict[str, str] = field(default_factory=dict)
+    promotions: list[tracking.Promotion] = field(default_factory=list)
     dashboard_url: str | None = None
     wall_s: float = 0.0
 
@@ -63,10 +69,16 @@ def ensure_data(spec: SweepSpec, run_dir: Path, echo=print) -> str:
         if not Path(url).exists():
             echo(f"afsweep: preparing {spec.data.dataset} into {out} (first use; later sweeps reuse it)")
             url = prepare_builtin(spec.data.dataset, str(out))
+    from alphaflow.data.preflight import ShardCheckError, check_shards
+
     try:
-        read_manifest(url)
+        manifest = read_manifest(url)
+        n = check_shards(manifest, spec.data.verify)
+    except ShardCheckError as e:
+        raise SweepInputError(f"{e} (checked before any trial started)") from None
     except DataError as e:
         raise SweepError(str(e)) from None
+    echo(f"afsweep: {n} shards of {url} checked ({'size and sha256' if spec.data.verify == 'sha256' else 'size'})")
     return url
 
 
@@ -221,12 +233,11 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     t0 = time.time()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = base_train_config(spec)
+    manifest_url = ensure_data(spec, run_dir, echo)  # bad data fails here, before anything is written to MLflow
     tracking_uri = tracking.resolve_tracking_uri(spec.tracking.uri, run_dir)
     client = tracking.client_for(tracking_uri)  # fail before any work if MLflow is unusable
     experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment, run_dir / "mlartifacts")
-
-    cfg = base_train_config(spec)
-    manifest_url = ensure_data(spec, run_dir, echo)
     manifest = read_manifest(manifest_url)
     if not manifest.fid_reference:
         raise SweepError(f"{manifest_url}: no FID reference statistics recorded (re-run afsweep data prepare)")
@@ -423,21 +434,26 @@ def _finish(client, spec: SweepSpec, sweep_name: str, parent_run_id: str, tracki
         pruned=sum(s == "pruned" for s in states.values()),
         failed=sum(r.error is not None for r in grid),
         failures=[str(r.error).strip().splitlines()[-1][:300] for r in grid if r.error is not None],
+        metric=spec.search.metric,
     )
     outcome.wall_s = time.time() - t0
     summary: dict[str, float] = {"trials_completed": outcome.completed, "trials_pruned": outcome.pruned,
                                  "trials_failed": outcome.failed, "wall_s": outcome.wall_s}
     model_name = registered_model_name(spec, manifest)
     for metric in ("fid1", "fid2"):
-        top = tracking.best_trials(client, experiment_id, metric, sweep_name, top=1, mode=spec.search.mode)
+        # only trials that ran as designed, scored after training: a failed or untrained model is never registered
+        top = tracking.best_trials(client, experiment_id, metric, sweep_name, top=1, mode=spec.search.mode,
+                                   finished_only=True)
         if not top:
             continue
         best = top[0]
         summary[f"best_{metric}"] = best.value
-        uri = tracking.register_generator(client, tracking_uri, best.run_id, model_name, [f"best-{metric}"])
-        outcome.registered[f"best-{metric}"] = uri
+        promotion = tracking.promote_best(client, tracking_uri, best.run_id, model_name, metric,
+                                          policy=spec.tracking.move_aliases, mode=spec.search.mode)
+        outcome.promotions.append(promotion)
+        outcome.registered[promotion.alias] = promotion.uri
         if metric == spec.search.metric:
-            best.model_uri = uri
+            best.model_uri = promotion.uri
             outcome.best = best
     if outcome.best is not None:
         history = client.get_metric_history(outcome.best.run_id, "fid1")
@@ -450,6 +466,9 @@ def _finish(client, spec: SweepSpec, sweep_name: str, parent_run_id: str, tracki
     summary.update({f"trials_total_{k}": v for k, v in cost.items()})
     for k, v in summary.items():
         client.log_metric(parent_run_id, k, float(v))
+    if outcome.completed == 0:  # nothing ran as designed: the sweep failed, whatever Tune says
+        client.set_tag(parent_run_id, "afsweep.error", f"no trial completed ({outcome.failed} failed)")
+        client.set_terminated(parent_run_id, status="FAILED")
     return outcome
 
 

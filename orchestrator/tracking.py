@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 KIND_TAG = "afsweep.kind"
@@ -152,18 +151,40 @@ def latest_sweep(client: MlflowClient, experiment_id: str) -> str | None:
     return runs[0].data.tags.get(SWEEP_TAG) if runs else None
 
 
+# trials whose best checkpoint may be registered: they ran as designed (to the end, or to an ASHA rung)
+REGISTERABLE_STATES = ("completed", "pruned")
+# trials never listed as a best: what they logged stays, but it is not a model anyone should use
+DISCARDED_STATES = ("failed", "lost")
+EXTRACTOR_PARAM = "eval.extractor"
+EVAL_N_PARAM = "eval.samples"
+
+
+def _is_candidate(run, metric: str, finished_only: bool) -> bool:
+    """A run that may be called a best trial: not failed or lost, (with finished_only) ended as designed, with a
+    finite score from a trained model (a best at step 0 is the untrained network's score)."""
+    import math
+
+    state = run.data.tags.get(STATUS_TAG, "running")
+    if state in DISCARDED_STATES or (finished_only and state not in REGISTERABLE_STATES):
+        return False
+    value = run.data.metrics.get(f"{metric}_best")
+    step = run.data.metrics.get(f"{metric}_best_step")
+    return value is not None and math.isfinite(value) and (step is None or step > 0)
+
+
 def best_trials(client: MlflowClient, experiment_id: str, metric: str, sweep: str | None, top: int = 1,
-                mode: str = "min") -> list[BestTrial]:
-    """The best trials by the summary metric `<metric>_best` (search_runs sorts by the last value logged)."""
+                mode: str = "min", finished_only: bool = False) -> list[BestTrial]:
+    """The best trials by the summary metric `<metric>_best` (search_runs sorts by the last value logged).
+    Failed, lost and untrained trials are never among them; `finished_only` also leaves out running ones."""
     summary = f"{metric}_best"
     filt = f"tags.`{KIND_TAG}` = 'trial'"
     if sweep:
         filt += f" and tags.`{SWEEP_TAG}` = '{sweep}'"
     order = "ASC" if mode == "min" else "DESC"
-    runs = client.search_runs([experiment_id], filt, order_by=[f"metrics.`{summary}` {order}"], max_results=max(top, 1) * 4)
+    runs = client.search_runs([experiment_id], filt, order_by=[f"metrics.`{summary}` {order}"], max_results=10_000)
     out = []
     for r in runs:
-        if summary not in r.data.metrics:
+        if not _is_candidate(r, metric, finished_only):
             continue
         step = r.data.metrics.get(f"{summary}_step", r.data.metrics.get(f"{metric}_best_step"))
         out.append(BestTrial(
@@ -224,39 +245,81 @@ def registered_uri_for_run(client: MlflowClient, run_id: str, metric: str | None
 
 def register_generator(client: MlflowClient, tracking_uri: str, run_id: str, model_name: str,
                        aliases: list[str]) -> str:
-    """Log the trial's best checkpoint as a pyfunc generator (once per run) and point the aliases at it."""
-    from orchestrator.generator_model import global_tracking_uri
-
-    with global_tracking_uri(tracking_uri):
-        return _register(client, tracking_uri, run_id, model_name, aliases)
-
-
-def _register(client: MlflowClient, tracking_uri: str, run_id: str, model_name: str, aliases: list[str]) -> str:
-    from orchestrator.generator_model import log_generator_model
-
-    model_uri = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
-    if not model_uri:
-        local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT)
-        model_uri = log_generator_model(tracking_uri, run_id, local, MODEL_ARTIFACT)
-        client.set_tag(run_id, MODEL_URI_TAG, model_uri)
-    existing = client.search_model_versions(f"run_id = '{run_id}' and name = '{model_name}'")
-    if existing:
-        version = max(existing, key=lambda mv: int(mv.version)).version
-    else:
-        try:
-            client.get_registered_model(model_name)
-        except Exception:
-            client.create_registered_model(model_name, description="afsweep generators (1- and 2-NFE)")
-        model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
-        version = client.create_model_version(model_name, source=model_uri, run_id=run_id, model_id=model_id).version
+    """Log the trial's best checkpoint as a pyfunc generator (once per run) and point the aliases at it (what the
+    user asked for: no comparison with the current holders; the sweep's own registration is `promote_best`)."""
+    version = register_version(client, tracking_uri, run_id, model_name)
     for alias in aliases:
         client.set_registered_model_alias(model_name, alias, version)
     return f"models:/{model_name}@{aliases[0]}" if aliases else f"models:/{model_name}/{version}"
 
 
-def sweep_run_status(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
-    client.set_terminated(run_id, status=status)
+def register_version(client: MlflowClient, tracking_uri: str, run_id: str, model_name: str) -> str:
+    """The registry version of the run's generator, created (model logged into the run) if it has none."""
+    from orchestrator.generator_model import global_tracking_uri, log_generator_model
+
+    with global_tracking_uri(tracking_uri):
+        model_uri = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
+        if not model_uri:
+            local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT)
+            model_uri = log_generator_model(tracking_uri, run_id, local, MODEL_ARTIFACT)
+            client.set_tag(run_id, MODEL_URI_TAG, model_uri)
+        existing = client.search_model_versions(f"run_id = '{run_id}' and name = '{model_name}'")
+        if existing:
+            return max(existing, key=lambda mv: int(mv.version)).version
+        try:
+            client.get_registered_model(model_name)
+        except Exception:
+            client.create_registered_model(model_name, description="afsweep generators (1- and 2-NFE)")
+        model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
+        return client.create_model_version(model_name, source=model_uri, run_id=run_id, model_id=model_id).version
 
 
-def terminal(status: str) -> bool:
-    return RunStatus.is_terminated(RunStatus.from_string(status))
+@dataclass
+class Promotion:
+    """What `promote_best` did with one alias."""
+    alias: str
+    version: str              # the sweep's best, registered
+    moved: bool               # the alias now points at it
+    reason: str               # why it moved or stayed
+    uri: str                  # models:/NAME@ALIAS if moved, else models:/NAME/VERSION
+
+
+def score_of(client: MlflowClient, run_id: str, metric: str) -> tuple[float | None, str | None, str | None]:
+    """A run's best score and what it was measured with (feature extractor, number of samples)."""
+    run = client.get_run(run_id)
+    return (run.data.metrics.get(f"{metric}_best"), run.data.params.get(EXTRACTOR_PARAM),
+            run.data.params.get(EVAL_N_PARAM))
+
+
+def promote_best(client: MlflowClient, tracking_uri: str, run_id: str, model_name: str, metric: str,
+                 policy: str = "if_better", mode: str = "min") -> Promotion:
+    """Register the sweep's best trial and move `best-<metric>` to it only when it beats the current holder on the
+    same extractor and N (policy if_better), or always (policy always). An alias never moves to a worse model, or
+    to one scored another way, without being asked."""
+    alias = f"best-{metric}"
+    version = register_version(client, tracking_uri, run_id, model_name)
+    value, extractor, n = score_of(client, run_id, metric)
+    try:
+        holder = client.get_model_version_by_alias(model_name, alias)
+    except Exception:  # no such alias yet (MLflow raises RESOURCE_DOES_NOT_EXIST)
+        holder = None
+    moved, reason = True, "first holder"
+    if holder is not None and str(holder.version) == str(version):
+        reason = "already the holder"
+    elif holder is not None and policy != "always":
+        h_value, h_extractor, h_n = score_of(client, holder.run_id, metric) if holder.run_id else (None, None, None)
+        if h_value is None or (h_extractor, h_n) != (extractor, n):
+            moved = False
+            reason = (f"version {holder.version} holds it, scored with {h_extractor or '?'} at N={h_n or '?'}; this "
+                      f"sweep's best is scored with {extractor} at N={n}: not comparable")
+        elif (value < h_value) if mode == "min" else (value > h_value):
+            reason = f"{metric} {value:.3f} beats version {holder.version}'s {h_value:.3f}"
+        else:
+            moved = False
+            reason = f"version {holder.version}'s {metric} {h_value:.3f} is not beaten by {value:.3f}"
+    elif holder is not None:
+        reason = "policy always"
+    if moved:
+        client.set_registered_model_alias(model_name, alias, version)
+    uri = f"models:/{model_name}@{alias}" if moved else f"models:/{model_name}/{version}"
+    return Promotion(alias=alias, version=str(version), moved=moved, reason=reason, uri=uri)

@@ -55,7 +55,8 @@ def run_trial(config: dict[str, Any]) -> None:
     client = tracking.client_for(s["tracking_uri"])
     run_id = tracking.get_or_create_trial_run(
         client, s["experiment_id"], s["parent_run_id"], s["sweep_name"], trial_id, trial_name,
-        params={**flatten(cfg), "preset": params.get(PRESET_KEY, s["preset"]), "swept": ",".join(sorted(params))},
+        params={**flatten(cfg), "preset": params.get(PRESET_KEY, s["preset"]), "swept": ",".join(sorted(params)),
+                tracking.EXTRACTOR_PARAM: s["extractor"], tracking.EVAL_N_PARAM: s["eval_samples"]},
     )
 
     trainer = TorchTrainer(

@@ -44,6 +44,19 @@ class _RunLogger:
     def tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
 
+    def spent_before(self) -> dict[str, float]:
+        """The cost a trial logged in earlier attempts (a restart, a resume): the largest of each running total."""
+        out = {}
+        for key in COST_KEYS:
+            history = self.client.get_metric_history(self.run_id, key)
+            out[key] = max((m.value for m in history), default=0.0)
+        return out
+
+
+# running totals of what the trial has cost, over every attempt; logged at every log step, so a restart loses at
+# most one log interval of them
+COST_KEYS = ("wall_s", "cpu_s", "gpu_s")
+
 
 def _cpu_seconds() -> float:
     t = os.times()
@@ -131,6 +144,13 @@ def train_loop(config: dict[str, Any]) -> None:
     total = cfg.total_steps
     eval_every, log_every = int(config["eval_every"]), int(config["log_every"])
     wall0, cpu0 = time.time(), _cpu_seconds()
+    before = log.spent_before() if rank == 0 else {}
+
+    def cost() -> dict[str, float]:
+        # rank 0's CPU time stands for every rank's (they run the same loop); GPU-seconds are held GPU time
+        wall = time.time() - wall0
+        return {"wall_s": before["wall_s"] + wall, "cpu_s": before["cpu_s"] + (_cpu_seconds() - cpu0) * world,
+                "gpu_s": before["gpu_s"] + (wall * world if torch.cuda.is_available() else 0.0)}
     # running sums and counts per key: some logs (grad_cos, loss_fm) appear only on some steps
     running: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -159,10 +179,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 best["fid2"], best["fid2_step"] = m["fid2"], step
             m.update(fid1_best=best["fid1"], fid2_best=best["fid2"], fid1_best_step=best["fid1_step"],
                      fid2_best_step=best["fid2_step"])
-            wall = time.time() - wall0
-            # rank 0's CPU time stands for every rank's (they run the same loop); GPU-seconds are held GPU time
-            m.update(step=step, wall_s=wall, cpu_s=(_cpu_seconds() - cpu0) * world,
-                     gpu_s=wall * world if torch.cuda.is_available() else 0.0)
+            m.update(step=step, **cost())
             log.metrics(m, step)
             with tempfile.TemporaryDirectory() as tmp:
                 grid = Path(tmp) / f"step{step:07d}_nfe1.png"
@@ -200,7 +217,7 @@ def train_loop(config: dict[str, Any]) -> None:
             counts[k] = counts.get(k, 0) + 1
         step = trainer.step
         if rank == 0 and step % log_every == 0:
-            log.metrics({k: v / counts[k] for k, v in running.items()}, step)
+            log.metrics({**{k: v / counts[k] for k, v in running.items()}, **cost()}, step)
         if step % eval_every == 0 or step == total:
             evaluate_and_report(step)
             running, counts = {}, {}

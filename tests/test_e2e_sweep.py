@@ -119,3 +119,48 @@ def test_best_cli_and_registered_generator(sweep):
     images = np.asarray(gen.predict(pd.DataFrame({"class_label": [0, 1, 7]}), params={"nfe": 2, "seed": 1}))
     assert images.shape == (3, 1, 28, 28) and images.dtype == np.uint8
     assert images.std() > 0
+
+
+DIVERGING_SPEC = """
+name: diverges
+data: {dataset: fashion-mnist}
+base:
+  preset: tiny-cpu
+  overrides: {total_steps: 30, batch_size: 32, model.size: micro, optim.lr: 1.0e+6, optim.warmup_steps: 0}
+train: {workers: 2, eval_every: 15, log_every: 5, eval_samples: 200}
+search: {num_trials: 2, max_concurrent: 2, seed: 4, space: {optim.beta1: {type: uniform, low: 0.8, high: 0.9}}}
+"""
+
+
+def test_a_sweep_whose_trials_all_fail_loses_nothing(sweep, tmp_path):
+    """Runs last (it adds a sweep to the run dir): every trial's loss goes non-finite. The sweep exits non-zero and
+    says so; the good model keeps @best-fid1 and @best-fid2; the failed runs stay FAILED and unregistered."""
+    res, run_dir = sweep
+    assert res.exit_code == 0, res.output
+    client, _ = _client(run_dir)
+    held = {a: client.get_model_version_by_alias("afsweep-fashion-mnist", a) for a in ("best-fid1", "best-fid2")}
+
+    spec = tmp_path / "diverges.yaml"
+    spec.write_text(DIVERGING_SPEC)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "launch", str(spec), "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no trial completed (2 failed)" in proc.stderr, proc.stderr[-2000:]
+
+    for alias, mv in held.items():
+        assert client.get_model_version_by_alias("afsweep-fashion-mnist", alias).version == mv.version
+    exp = client.get_experiment_by_name("afsweep")
+    failed = client.search_runs([exp.experiment_id], "tags.`afsweep.sweep` LIKE 'diverges-%' and "
+                                "tags.`afsweep.kind` = 'trial'")
+    assert len(failed) == 2
+    for r in failed:
+        assert r.info.status == "FAILED" and r.data.tags["afsweep.status"] == "failed"
+        assert "non-finite loss" in r.data.tags.get("afsweep.error", ""), r.data.tags
+        assert not client.search_model_versions(f"run_id = '{r.info.run_id}'")
+    parent = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'sweep' and tags.`afsweep.sweep` LIKE "
+                                "'diverges-%'")[0]
+    assert parent.info.status == "FAILED"
+    best = subprocess.run([sys.executable, "-m", "orchestrator.cli", "best", "--sweep", "all", "--json",
+                           "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=300)
+    assert best.returncode == 0, best.stderr
+    assert json.loads(best.stdout)[0]["run_id"] == held["best-fid1"].run_id

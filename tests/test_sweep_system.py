@@ -155,9 +155,11 @@ def test_resume_after_driver_sigkill(tmp_path, fashion_manifest):
                 continue
             _, runs = _trial_runs(run_dir, sweep)
             done = [r for r in runs if r.data.tags.get("afsweep.status") == "completed"]
-            if done and len(runs) >= 2:  # one trial finished, the next one is running: kill the driver now
+            running = [r for r in runs if r not in done and r.data.metrics.get("step", 0) >= 10]
+            if done and running:  # one trial finished, the next one is training: kill the driver now
                 killed_after = {r.data.tags["afsweep.trial_id"] for r in done}
                 os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started, like a lost node
+                killed_at = time.time() * 1000
                 break
     finally:
         if proc.poll() is None and killed_after is None:
@@ -177,6 +179,13 @@ def test_resume_after_driver_sigkill(tmp_path, fashion_manifest):
         if r.data.tags["afsweep.trial_id"] in killed_after:
             steps = [m.step for m in client.get_metric_history(r.info.run_id, "fid1")]
             assert sorted(steps) == sorted(set(steps)) == [0, 20, 40, 60], steps
+        else:  # the trial interrupted by the kill: its cost totals go on from what it had spent before
+            walls = client.get_metric_history(r.info.run_id, "wall_s")
+            before = [m.value for m in walls if m.timestamp < killed_at]
+            after = [m.value for m in walls if m.timestamp > killed_at]
+            if before:
+                assert after and min(after) >= max(before), (before, after)
+                assert r.data.metrics["wall_s"] > max(before)
     from ray import tune
 
     from orchestrator.trial import run_trial
