@@ -1,5 +1,5 @@
 """The method's configuration: every knob of alpha-Flow / MeanFlow / Improved MeanFlow training, with published
-defaults (DESIGN 1.2-1.7). Sweeps address fields by dotted keys ("alpha.k_e", "optim.lr")."""
+defaults (docs/method.md#presets). Sweeps address fields by dotted keys ("alpha.k_e", "optim.lr")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DiT for average-velocity prediction: u(x, r, t | y) (DESIGN 1.1, 1.7).
+"""DiT for average-velocity prediction: u(x, r, t | y) (docs/method.md#conventions, #model).
 
 adaLN-Zero blocks, patch embedding, fixed 2-D sin-cos positions, LayerNorm eps 1e-6 without affine, MLP ratio 4
 with GELU(tanh), xavier init, zero-init modulation and final layer. Times enter raw in [0, 1] through two

@@ -1,4 +1,4 @@
-"""The alpha-Flow loss family (DESIGN 1.2) with training-time guidance (1.5), for any model u(x, r, t, y).
+"""The alpha-Flow loss family (docs/method.md#objective) with training-time guidance, for any model u(x, r, t, y).
 
 One call = one minibatch loss:
 - z_t = (1 - t) x + t eps, v = eps - x; rows with r = t (a fraction ratio_fm) regress to v_cfg.
@@ -46,7 +46,7 @@ def _per_row(err: torch.Tensor, reduce: str) -> torch.Tensor:
 
 def guided_velocity(model: nn.Module, z_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, y: torch.Tensor,
                     null_class: int, guidance, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """v_cfg (DESIGN 1.5), under no-grad, with the online network. `keep`: rows whose label was not dropped."""
+    """v_cfg (docs/method.md#training-time-guidance), under no-grad, with the online network. `keep`: rows whose label was not dropped."""
     omega, kappa = float(guidance.omega), float(guidance.kappa)
     if omega == 1.0 and kappa == 0.0:
         return v

@@ -1,4 +1,4 @@
-"""Named TrainConfigs: the CPU default of the sweeps and the published settings (DESIGN 1.3-1.7).
+"""Named TrainConfigs: the CPU default of the sweeps and the published settings (docs/method.md#presets).
 
 Published runs use batch 256, Adam(0.9, 0.95), lr 1e-4 with a 10K-step warm-up, grad clip 16, bf16, EMA half-life
 6931 steps (about 0.9999) ramped as min(6931, 0.05 step), logit-normal(-0.4, 1) times, adaptive weight c = 1e-3,

@@ -1,4 +1,4 @@
-"""Few-step generation with the average-velocity network (DESIGN 1.6). Noise at t = 1, data at t = 0."""
+"""Few-step generation with the average-velocity network (docs/method.md#sampling). Noise at t = 1, data at t = 0."""
 
 from __future__ import annotations
 

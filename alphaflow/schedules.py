@@ -1,4 +1,4 @@
-"""Values over training (alpha, ratio_fm): constant, step, linear, cosine, sigmoid (DESIGN 1.3).
+"""Values over training (alpha, ratio_fm): constant, step, linear, cosine, sigmoid (docs/method.md#curriculum).
 
 Every kind goes from `start` to `end` between k_s and k_e (in steps, or as fractions of total_steps when
 unit = "fraction"): `start` before k_s, `end` from k_e on. In between, with f = (k - k_s) / (k_e - k_s):

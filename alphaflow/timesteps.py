@@ -1,4 +1,4 @@
-"""(t, r) samplers (DESIGN 1.4).
+"""(t, r) samplers (docs/method.md#time-sampling).
 
 Rows with r < t: `logit_normal` (two draws of sigmoid(N(mu, sigma)), t = max, r = min), `uniform` (two U(0, 1)
 draws, max and min), `r_ut` (t one logit-normal draw, r = u t with u ~ U(0, 1)).

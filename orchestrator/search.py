@@ -72,7 +72,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna PRUNED, not COMPLETE, for a trial that stopped before its last step.
 
     Ray hands an ASHA-stopped trial to the searcher as an ordinary completion with the truncated score
-    (DESIGN 2.2); TPE would then learn from a score the trial never reached.
+    (docs/platform.md#pruned-trials); TPE would then learn from a score the trial never reached.
     """
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):

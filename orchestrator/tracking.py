@@ -125,7 +125,7 @@ def get_or_create_trial_run(client: MlflowClient, experiment_id: str, parent_run
 
 
 def close_trial_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
-    """status: completed | pruned | failed. ASHA-stopped trials never run their own `finally:` (DESIGN 2.2)."""
+    """status: completed | pruned | failed. ASHA-stopped trials never run their own `finally:` (docs/platform.md#asha)."""
     mlflow_status = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[status]
     client.set_tag(run_id, STATUS_TAG, status)
     if reason:

@@ -1,4 +1,4 @@
-"""One Tune trial: a function trainable that runs a Ray Train TorchTrainer (the Train V2 pattern, DESIGN 2.2),
+"""One Tune trial: a function trainable that runs a Ray Train TorchTrainer (the Train V2 pattern, docs/platform.md#function-trainables),
 and the Tune callback that closes each trial's MLflow run whatever way it ended.
 """
 
@@ -104,7 +104,7 @@ class MlflowTrialCloser(tune.Callback):
     """Ends each trial's child run as completed, pruned (stopped early by ASHA) or failed.
 
     The trial function cannot do this itself: a trial stopped by the scheduler is killed without running its
-    `finally:` blocks (DESIGN 2.2).
+    `finally:` blocks (docs/platform.md#asha).
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, sweep_name: str):

@@ -2,7 +2,7 @@
 
 Every rank trains on its own disjoint shards; gradients are averaged by the alphaflow Trainer. Rank 0 evaluates,
 logs to the trial's MLflow child run and passes checkpoints; every rank calls `ray.train.report` at the same steps
-(DESIGN 2.2), so Tune sees rank 0's metrics.
+(docs/platform.md#reporting-from-every-rank), so Tune sees rank 0's metrics.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Calibration of the small-data FID on Fashion-MNIST at 10k vs 10k: held-out real images score near 0, and known
-damage ranks noise and one-class collapse far above blur, blur far above real (DESIGN 2.2)."""
+damage ranks noise and one-class collapse far above blur, blur far above real (docs/method.md#fid-calibration)."""
 
 from __future__ import annotations
 

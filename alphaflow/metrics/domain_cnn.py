@@ -1,7 +1,7 @@
 """A small CNN classifier per data set whose 128-d penultimate layer is the feature space of the small-data FID.
 
 Trained once by scripts/train_domain_cnn.py; the weights are committed with their sha256 and never retrained
-inside the metric (DESIGN 2.2). Architecture: conv stages (3x3 conv, BatchNorm, ReLU; 2x2 max-pool at the end of
+inside the metric (docs/method.md#small-data-fid). Architecture: conv stages (3x3 conv, BatchNorm, ReLU; 2x2 max-pool at the end of
 each stage), flatten, Linear -> 128 -> ReLU (the features), Dropout, Linear -> classes.
 """
 

@@ -1,6 +1,6 @@
 """Scores of a set of generated images against reference statistics: FID, class accuracy, precision/recall, KID.
 
-FID is biased upward at small N (DESIGN 2.2): always report N with it. Precision/recall and KID compare against
+FID is biased upward at small N (docs/method.md#frechet-distance): always report N with it. Precision/recall and KID compare against
 the reference's fixed subsample of real features.
 """
 
