@@ -19,6 +19,24 @@ SampleFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 DecodeFn = Callable[[torch.Tensor], np.ndarray]
 
 
+class LatentDecoder:
+    """Normalised latents -> uint8 images: undo the data set's per-channel normalisation, then its codec."""
+
+    def __init__(self, codec: str, mean, std):
+        from alphaflow.data import get_codec
+
+        self.codec = get_codec(codec)
+        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+
+    @classmethod
+    def of(cls, manifest) -> "LatentDecoder":
+        return cls(manifest.codec, manifest.mean, manifest.std)
+
+    def __call__(self, z: torch.Tensor) -> np.ndarray:
+        return self.codec.decode(z * self.std + self.mean)
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, float]          # fid1, fid2, fid2_<sampler>, class_acc1, ...

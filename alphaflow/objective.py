@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from alphaflow.model import math_attention
 from alphaflow.timesteps import expected_one_minus_dt, sample_times
-from alphaflow.weights import adaptive_weight, beta_weight, minsnr_weight, progress_s
+from alphaflow.loss_weights import adaptive_weight, beta_weight, minsnr_weight, progress_s
 
 
 def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -121,7 +121,7 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
                     return_parts: bool = False):
     """The minibatch loss and its logs.
 
-    cfg: a TrainConfig (uses cfg.time, cfg.loss, cfg.cfg). progress: i / T in [0, 1] (for beta).
+    cfg: a TrainConfig (uses cfg.time, cfg.loss, cfg.guidance). progress: i / T in [0, 1] (for beta).
     grad_diagnostics: also log grad_cos, the cosine between the parameter gradients of L_TFM and L_TCc.
     times = (t, r, fm_mask) and eps override the random draws; return_parts=True adds a third result, a dict of
     the batch's tensors (t, r, fm_mask, y, eps, z_t, v, v_cfg, u, target, weight), for tests and probes."""
@@ -137,13 +137,13 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
         eps = torch.randn(x.shape, generator=generator, dtype=dtype).to(dev)
     y = y.to(dev)
     keep = None
-    if cfg.cfg.label_dropout > 0:
-        keep = (torch.rand(b, generator=generator) >= cfg.cfg.label_dropout).to(dev)
+    if cfg.guidance.label_dropout > 0:
+        keep = (torch.rand(b, generator=generator) >= cfg.guidance.label_dropout).to(dev)
         y = torch.where(keep, y, torch.full_like(y, num_classes))
 
     z_t = (1 - _rows(t, x)) * x + _rows(t, x) * eps
     v = eps - x
-    v_cfg = guided_velocity(model, z_t, t, v, y, num_classes, cfg.cfg, keep)
+    v_cfg = guided_velocity(model, z_t, t, v, y, num_classes, cfg.guidance, keep)
     dt = t - r
     traj = ~fm_mask
     traj_idx = traj.nonzero().squeeze(1)
@@ -173,7 +173,7 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
         "loss_unweighted": float(per_row.detach().mean()),
         "alpha": alpha,
         "ratio_fm": float(fm_mask.float().mean()),
-        "cfg_scale": cfg_scale(cfg.cfg),
+        "cfg_scale": cfg_scale(cfg.guidance),
         "beta_mean": beta_mean,
         "l_tfm": float(l_tfm.detach()),
         "l_tcc": float(l_tcc.detach()),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from alphaflow.config import (EMAConfig, GuidanceConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig,
-                              TimeConfig, TrainConfig, validate)
+                              TimeConfig, TrainConfig)
 
 
 def _published(size: str, patch: int, steps: int, alpha: ScheduleConfig, guidance: GuidanceConfig,
@@ -22,7 +22,7 @@ def _published(size: str, patch: int, steps: int, alpha: ScheduleConfig, guidanc
         ratio_fm=ScheduleConfig(kind="constant", start=0.75, end=0.75),
         time=TimeConfig(sampler="logit_normal", mu=-0.4, sigma=1.0),
         loss=loss or LossConfig(adaptive_p=1.0, adaptive_c=1e-3, clip=4.0),
-        cfg=guidance,
+        guidance=guidance,
         optim=OptimConfig(lr=1e-4, beta1=0.9, beta2=0.95, warmup_steps=10_000, grad_clip=16.0),
         ema=EMAConfig(half_life=6931.0, ramp=0.05),
     )
@@ -51,7 +51,7 @@ def tiny_cpu() -> TrainConfig:
         ratio_fm=ScheduleConfig(kind="constant", start=0.5, end=0.5),
         time=TimeConfig(sampler="logit_normal", mu=-0.4, sigma=1.0),
         loss=LossConfig(adaptive_p=1.0, adaptive_c=1e-3, clip=4.0),
-        cfg=GuidanceConfig(omega=1.0, kappa=0.0, label_dropout=0.0),
+        guidance=GuidanceConfig(omega=1.0, kappa=0.0, label_dropout=0.0),
         optim=OptimConfig(lr=1e-3, beta1=0.9, beta2=0.95, warmup_steps=20, grad_clip=1.0),
         ema=EMAConfig(half_life=25.0, ramp=0.1),
     )
@@ -78,6 +78,4 @@ def get_preset(name: str) -> TrainConfig:
     """A fresh TrainConfig for a named preset; KeyError naming the known ones otherwise."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    cfg = PRESETS[name]()
-    validate(cfg)
-    return cfg
+    return PRESETS[name]()

@@ -11,7 +11,7 @@ def _full(like: torch.Tensor, value: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model: nn.Module, noise: torch.Tensor, y: torch.Tensor, nfe: int = 1, mode: str = "ode",
+def sample(model: nn.Module, noise: torch.Tensor, y: torch.Tensor, nfe: int = 1, two_nfe: str = "ode",
            t_mid: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
     """1-NFE: x = eps - u(eps, 0, 1).
     2-NFE ode: z = eps - (1 - t_mid) u(eps, t_mid, 1), x = z - t_mid u(z, 0, t_mid).
@@ -23,14 +23,14 @@ def sample(model: nn.Module, noise: torch.Tensor, y: torch.Tensor, nfe: int = 1,
         return noise - model(noise, zero, one, y).to(noise.dtype)
     if nfe != 2:
         raise ValueError(f"nfe: must be 1 or 2, got {nfe}")
-    if mode == "ode":
+    if two_nfe == "ode":
         z = noise - (1 - t_mid) * model(noise, mid, one, y).to(noise.dtype)
-    elif mode == "consistency":
+    elif two_nfe == "consistency":
         x1 = noise - model(noise, zero, one, y).to(noise.dtype)
         fresh = torch.randn(noise.shape, generator=generator, dtype=noise.dtype).to(noise.device)
         z = (1 - t_mid) * x1 + t_mid * fresh
     else:
-        raise ValueError(f"sampling mode: {mode!r} is not one of ode, consistency")
+        raise ValueError(f"sampling.two_nfe: {two_nfe!r} is not one of ode, consistency")
     return z - t_mid * model(z, zero, mid, y).to(noise.dtype)
 
 

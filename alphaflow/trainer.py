@@ -131,7 +131,7 @@ class Trainer:
         ctx = self.ema.swapped(self.model, half_life) if ema else contextlib.nullcontext()
         try:
             with ctx, torch.no_grad():
-                out = sample_fn(self.model, noise.to(self.device, torch.float32), y, nfe=nfe, mode=s.two_nfe,
+                out = sample_fn(self.model, noise.to(self.device, torch.float32), y, nfe=nfe, two_nfe=s.two_nfe,
                                 t_mid=s.t_mid, generator=gen)
         finally:
             self.model.train()

@@ -73,7 +73,7 @@ def run_one(name: str, seed: int, args, manifest_url: str, shared) -> RunResult:
     from alphaflow.presets import get_preset
     from alphaflow.trainer import NonFiniteLossError, Trainer
 
-    m, ext, ref, codec, mean, std = shared
+    m, ext, ref, decode = shared
     cfg = apply_overrides(get_preset("tiny-cpu"), {
         **CONFIGS[name], "seed": seed, "total_steps": args.steps, "batch_size": args.batch_size,
         "diagnostics_every": 0})
@@ -96,7 +96,7 @@ def run_one(name: str, seed: int, args, manifest_url: str, shared) -> RunResult:
     fid1 = fid2 = math.nan
     if not error:
         res = evaluate_generator(lambda z, y, nfe: trainer.sample(z, y, nfe=nfe),
-                                 lambda z: codec.decode(z * std + mean), tuple(m.image_shape), m.num_classes,
+                                 decode, tuple(m.image_shape), m.num_classes,
                                  ext, ref, n=args.eval_n)
         fid1, fid2 = res.metrics["fid1"], res.metrics["fid2"]
     eval_s = time.perf_counter() - t0
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     if args.steps < 1 or args.seeds < 1 or args.eval_n < 2 or args.batch_size < 1:
         ap.error("--steps, --seeds and --batch-size must be >= 1, --eval-n >= 2")
 
-    from alphaflow.data import get_codec, read_manifest
+    from alphaflow.data import read_manifest
+    from alphaflow.evaluation import LatentDecoder
     from alphaflow.metrics import ReferenceStats, load_extractor
 
     torch.set_num_threads(args.threads)
@@ -178,8 +179,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     manifest_url = ensure_data(args.data_dir)
     m = read_manifest(manifest_url)
     ext, ref = load_extractor("fashion-mnist-cnn"), ReferenceStats.load(m.fid_reference)
-    shared = (m, ext, ref, get_codec(m.codec), torch.tensor(m.mean).view(1, -1, 1, 1),
-              torch.tensor(m.std).view(1, -1, 1, 1))
+    shared = (m, ext, ref, LatentDecoder.of(m))
     seeds = list(range(args.seeds))
     print(f"data ready in {time.perf_counter() - t_start:.1f} s: {manifest_url}", flush=True)
 

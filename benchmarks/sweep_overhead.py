@@ -34,7 +34,8 @@ search:
 
 def bare_trial(cfg, manifest_url: str, eval_every: int, eval_samples: int) -> float:
     """Train and evaluate one configuration in this process; seconds."""
-    from alphaflow.data import get_codec, make_train_loader, read_manifest
+    from alphaflow.data import make_train_loader, read_manifest
+    from alphaflow.evaluation import LatentDecoder
     from alphaflow.evaluation import evaluate_generator
     from alphaflow.metrics import ReferenceStats, load_extractor
     from alphaflow.trainer import Trainer
@@ -43,12 +44,10 @@ def bare_trial(cfg, manifest_url: str, eval_every: int, eval_samples: int) -> fl
     m = read_manifest(manifest_url)
     trainer = Trainer(cfg, image_shape=tuple(m.image_shape), num_classes=m.num_classes)
     loader = iter(make_train_loader(manifest_url, batch_size=cfg.batch_size, rank=0, world_size=1, seed=cfg.seed))
-    ext, ref, codec = load_extractor("fashion-mnist-cnn"), ReferenceStats.load(m.fid_reference), get_codec(m.codec)
-    mean = torch.tensor(m.mean).view(1, -1, 1, 1)
-    std = torch.tensor(m.std).view(1, -1, 1, 1)
+    ext, ref, decode = load_extractor("fashion-mnist-cnn"), ReferenceStats.load(m.fid_reference), LatentDecoder.of(m)
 
     def evaluate():
-        evaluate_generator(lambda z, y, nfe: trainer.sample(z, y, nfe=nfe), lambda z: codec.decode(z * std + mean),
+        evaluate_generator(lambda z, y, nfe: trainer.sample(z, y, nfe=nfe), decode,
                            tuple(m.image_shape), m.num_classes, ext, ref, n=eval_samples)
 
     evaluate()

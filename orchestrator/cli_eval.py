@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.sweep import DOMAIN_EXTRACTOR
+from orchestrator.trial_config import DOMAIN_EXTRACTOR
 from orchestrator.tracking import CHECKPOINT_ARTIFACT
 
 
@@ -137,13 +137,11 @@ def reference_for(extractor, dataset_id: str, explicit: Path | None, client, run
 def evaluate_run(client, run_id: str, extractor_id: str | None, n: int, nfes: tuple[int, ...], batch_size: int,
                  seed: int, reference: Path | None, run_dir: Path, reference_n: int, echo) -> dict:
     """Sample, score and return {"metrics": {...}, "step", "extractor", "reference", "images", "labels"}."""
-    import numpy as np
     import torch
 
     from alphaflow.checkpoint import load_generator
-    from alphaflow.data import get_codec
-    from alphaflow.evaluation import eval_inputs
-    from alphaflow.metrics import load_extractor, sample_metrics
+    from alphaflow.evaluation import LatentDecoder, score_sampler
+    from alphaflow.metrics import load_extractor
     from alphaflow.sampling import sample
     from alphaflow.trainer import EVAL_NOISE_SEED
 
@@ -159,33 +157,29 @@ def evaluate_run(client, run_id: str, extractor_id: str | None, n: int, nfes: tu
     extractor = load_extractor(extractor_id)
     ref, ref_path = reference_for(extractor, dataset_id, reference, client, run_id, run_dir, reference_n, echo)
 
-    codec = get_codec(data.get("codec", "identity"))
-    mean = torch.tensor(data["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(data["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    decode = LatentDecoder(data.get("codec", "identity"), data["mean"], data["std"])
     sampling = info["config"].get("sampling", {})
-    mode, t_mid = sampling.get("two_nfe", "ode"), float(sampling.get("t_mid", 0.5))
-    noise, labels = eval_inputs(n, tuple(info["image_shape"]), info["num_classes"], seed)
+    two_nfe, t_mid = sampling.get("two_nfe", "ode"), float(sampling.get("t_mid", 0.5))
+    shape, classes = tuple(info["image_shape"]), info["num_classes"]
+
+    def sampler(nfe: int):
+        def fn(noise, labels):
+            # as Trainer.sample: the consistency sampler's fresh noise restarts from one seed in every batch
+            gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
+            return sample(model, noise, labels, nfe=nfe, two_nfe=two_nfe, t_mid=t_mid, generator=gen)
+        return fn
 
     metrics, images, timings = {}, {}, {}
     for nfe in nfes:
         t0 = time.time()
-        chunks = []
-        with torch.no_grad():
-            for i in range(0, n, batch_size):
-                # as Trainer.sample: the consistency sampler's fresh noise restarts from one seed in every batch
-                gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
-                z = sample(model, noise[i:i + batch_size], labels[i:i + batch_size], nfe=nfe, mode=mode,
-                           t_mid=t_mid, generator=gen)
-                chunks.append(codec.decode(z * std + mean))
-        images[nfe] = np.concatenate(chunks)
-        t1 = time.time()
-        m = sample_metrics(images[nfe], labels.numpy(), extractor, ref)
-        timings[nfe] = (t1 - t0, time.time() - t1)
+        m, images[nfe], labels = score_sampler(sampler(nfe), decode, shape, classes, extractor, ref, n, seed,
+                                               batch_size)
+        timings[nfe] = time.time() - t0
         for key, value in m.items():
             if key != "n":
                 metrics[f"{key}{nfe}_{extractor.id}_n{n}"] = float(value)
     return {"metrics": metrics, "step": info["step"], "extractor": extractor, "reference": ref_path,
-            "images": images, "labels": labels.numpy(), "timings": timings, "dataset_id": dataset_id}
+            "images": images, "labels": labels, "timings": timings, "dataset_id": dataset_id}
 
 
 def log_results(client, run_id: str, result: dict, n: int) -> None:
@@ -253,6 +247,6 @@ def eval_command(target, extractor, n, nfes, batch_size, seed, reference, refere
     click.echo(f"{'metric':<40} {'value':>10}")
     for k, v in result["metrics"].items():
         click.echo(f"{k:<40} {v:>10.4f}")
-    for nfe, (t_sample, t_score) in result["timings"].items():
-        click.echo(f"nfe {nfe}: sampling {t_sample:.1f} s, features + scores {t_score:.1f} s")
+    for nfe, t_total in result["timings"].items():
+        click.echo(f"nfe {nfe}: sampling, features and scores {t_total:.1f} s")
     click.echo("(not logged)" if no_log else f"logged to run {run_id}")

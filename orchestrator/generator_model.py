@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from alphaflow.checkpoint import load_generator
-from alphaflow.data import get_codec
+from alphaflow.evaluation import LatentDecoder
 from alphaflow.sampling import sample
 
 
@@ -24,9 +24,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.model, self.info = load_generator(context.artifacts["checkpoint"], ema=True)
         self.model.eval()
         data = self.info["extra"]["data"]
-        self.codec = get_codec(data["codec"])
-        self.mean = torch.tensor(data["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(data["std"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.decode = LatentDecoder(data["codec"], data["mean"], data["std"])
         sampling = self.info["config"].get("sampling", {})
         self.t_mid = float(sampling.get("t_mid", 0.5))
         self.two_nfe = sampling.get("two_nfe", "ode")
@@ -40,8 +38,8 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn((len(labels), *self.info["image_shape"]), generator=g)
         with torch.no_grad():
-            z = sample(self.model, noise, y, nfe=nfe, mode=self.two_nfe, t_mid=self.t_mid, generator=g)
-        return self.codec.decode(z * self.std + self.mean)
+            z = sample(self.model, noise, y, nfe=nfe, two_nfe=self.two_nfe, t_mid=self.t_mid, generator=g)
+        return self.decode(z)
 
 
 @contextmanager

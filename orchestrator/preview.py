@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec import PRESET_KEY, SweepSpec
+from orchestrator.spec import SweepSpec
 
 
 @dataclass
@@ -29,10 +29,9 @@ class Plan:
 def plan_trials(spec: SweepSpec, n: int | None = None) -> Plan:
     import optuna
 
-    from alphaflow.config import apply_overrides
-    from alphaflow.presets import get_preset
     from orchestrator.search import define_by_run, make_sampler
-    from orchestrator.sweep import base_train_config, grace_period, max_total_steps
+    from orchestrator.sweep import grace_period, max_total_steps
+    from orchestrator.trial_config import method_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = n or spec.search.num_trials
@@ -40,21 +39,16 @@ def plan_trials(spec: SweepSpec, n: int | None = None) -> Plan:
     for point in spec.search.points_to_evaluate:
         study.enqueue_trial(point)
     define = define_by_run(spec)
-    base = base_train_config(spec)
     trials, configs = [], []
-    for _ in range(n):
+    for number in range(n):
         t = study.ask()
         constants = define(t)
         params = {**t.params, **constants}
         study.tell(t, state=optuna.trial.TrialState.PRUNED)  # no score yet: keep the sampler from learning
-        cfg = base
-        if PRESET_KEY in params:
-            cfg = apply_overrides(get_preset(params[PRESET_KEY]), spec.base.overrides)
-        cfg = apply_overrides(cfg, {k: v for k, v in params.items() if k != PRESET_KEY})
         trials.append(params)
-        configs.append(cfg)
-    grace = grace_period(spec, base, echo=lambda *_: None)
-    rungs = asha_rungs(grace, max_total_steps(spec, base), spec.search.early_stopping.reduction_factor) \
+        configs.append(method_config(spec, params, trial_number=number))
+    grace = grace_period(spec, echo=lambda *_: None)
+    rungs = asha_rungs(grace, max_total_steps(spec), spec.search.early_stopping.reduction_factor) \
         if spec.search.early_stopping.scheduler == "asha" else []
     return Plan(trials=trials, configs=configs, rungs=rungs, grace=grace)
 
@@ -114,7 +108,7 @@ def schedules_png(plan: Plan, path: str | Path, max_lines: int = 8) -> str:
     from alphaflow.timesteps import expected_one_minus_dt
     import torch
 
-    from alphaflow.weights import beta_weight, progress_s
+    from alphaflow.loss_weights import beta_weight, progress_s
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for i, cfg in enumerate(plan.configs[:max_lines]):

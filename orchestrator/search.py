@@ -10,7 +10,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from orchestrator.spec import Choice, Fixed, IntRange, LogUniform, SweepSpec, Uniform
+from orchestrator.spec import Fixed, SweepSpec
 
 log = logging.getLogger(__name__)
 
@@ -23,21 +23,6 @@ def _condition_holds(when: dict[str, Any] | None, params: dict[str, Any]) -> boo
         if params[name] not in allowed:
             return False
     return True
-
-
-def suggest(trial: optuna.Trial, key: str, dist) -> Any:
-    """One parameter from an Optuna trial (works on Ray's suggest captor as well)."""
-    if isinstance(dist, LogUniform):
-        return trial.suggest_float(key, dist.low, dist.high, log=True)
-    if isinstance(dist, Uniform):
-        return trial.suggest_float(key, dist.low, dist.high)
-    if isinstance(dist, IntRange):
-        return trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
-    if isinstance(dist, Choice):
-        return trial.suggest_categorical(key, dist.values)
-    if isinstance(dist, Fixed):
-        return dist.value
-    raise TypeError(f"unknown distribution {dist!r}")
 
 
 class DefineByRun:
@@ -57,7 +42,7 @@ class DefineByRun:
         for key, dist in self.space.items():
             if not _condition_holds(dist.when, params):
                 continue
-            value = suggest(trial, key, dist)
+            value = dist.suggest(trial, key)
             params[key] = value
             if isinstance(dist, Fixed):
                 constants[key] = value

@@ -29,8 +29,16 @@ class _Strict(BaseModel):
 
 
 class _Dist(_Strict):
+    """A search-space distribution: what Optuna draws (`suggest`), the values that bound what it can produce
+    (`extremes`: checked against the method's constraints and used for ASHA's bounds), and one typical value."""
     # `when: {param: value}` or `when: {param: [v1, v2]}`: the parameter exists only if the other has that value
     when: dict[str, Any] | None = None
+
+    # each distribution below has suggest(trial, key) and extremes(): {where the bound is written ("low",
+    # "values[2]"): its value}
+
+    def representative(self) -> Any:
+        return next(iter(self.extremes().values()))
 
 
 class Uniform(_Dist):
@@ -44,6 +52,15 @@ class Uniform(_Dist):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         return self
 
+    def suggest(self, trial, key: str) -> float:
+        return trial.suggest_float(key, self.low, self.high)
+
+    def extremes(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high}
+
+    def representative(self) -> float:
+        return (self.low + self.high) / 2
+
 
 class LogUniform(Uniform):
     type: Literal["loguniform"]
@@ -53,6 +70,12 @@ class LogUniform(Uniform):
         if self.low <= 0:
             raise ValueError(f"low ({self.low}) must be > 0 for loguniform")
         return self
+
+    def suggest(self, trial, key: str) -> float:
+        return trial.suggest_float(key, self.low, self.high, log=True)
+
+    def representative(self) -> float:
+        return (self.low * self.high) ** 0.5
 
 
 class IntRange(_Dist):
@@ -68,15 +91,33 @@ class IntRange(_Dist):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         return self
 
+    def suggest(self, trial, key: str) -> int:
+        return trial.suggest_int(key, self.low, self.high, step=self.step, log=self.log)
+
+    def extremes(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high}
+
 
 class Choice(_Dist):
     type: Literal["choice"]
     values: list[Any] = Field(min_length=1)
 
+    def suggest(self, trial, key: str) -> Any:
+        return trial.suggest_categorical(key, self.values)
+
+    def extremes(self) -> dict[str, Any]:
+        return {f"values[{i}]": v for i, v in enumerate(self.values)}
+
 
 class Fixed(_Dist):
     type: Literal["fixed"]
     value: Any
+
+    def suggest(self, trial, key: str) -> Any:
+        return self.value  # a constant: Optuna does not search it
+
+    def extremes(self) -> dict[str, Any]:
+        return {"value": self.value}
 
 
 Distribution = Annotated[Union[Uniform, LogUniform, IntRange, Choice, Fixed], Field(discriminator="type")]
@@ -89,7 +130,8 @@ class DataSpec(_Strict):
     # a built-in data set prepared on first use under <run_dir>/data/<dataset>, or an existing manifest URL
     dataset: Literal["fashion-mnist", "digits"] | None = "fashion-mnist"
     manifest: str | None = None
-    mode: Literal["resampled", "exact"] = "resampled"
+    order: Literal["resampled", "exact"] = Field("resampled", description="the sample order: resampled shards, "
+                                                 "or each sample exactly once per epoch")
     loader_workers: int = Field(0, ge=0)
     on_corrupt: Literal["raise", "skip"] = Field("raise", description="a corrupt sample fails the trial, or is "
                                                 "skipped, counted and logged")
@@ -102,6 +144,8 @@ class DataSpec(_Strict):
         # `data: {manifest: URL}` means "not the default built-in data set", without having to write dataset: null
         if isinstance(data, dict) and data.get("manifest") is not None and "dataset" not in data:
             data = {**data, "dataset": None}
+        if isinstance(data, dict) and "mode" in data and "order" not in data:  # the key's name before order
+            data = {("order" if k == "mode" else k): v for k, v in data.items()}
         return data
 
 
@@ -256,51 +300,29 @@ def load_spec(path: str | Path, sets: list[str] | None = None) -> SweepSpec:
 
 
 def _check_method_keys(spec: SweepSpec, path: str) -> None:
-    """Every overridden or searched method key must exist in TrainConfig, with a value of the right type."""
-    from alphaflow.config import ConfigError, apply_overrides
-    from alphaflow.presets import get_preset
+    """Every configuration a trial can get must be valid: the base (preset + overrides), and each bound of each
+    searched key on it, built by the same function that builds every trial."""
+    from alphaflow.config import ConfigError
+    from orchestrator.trial_config import method_config
 
     try:
-        cfg = get_preset(spec.base.preset)
+        method_config(spec, {})
     except (KeyError, ValueError) as e:
-        raise SpecError(f"{path}: base.preset: {e}") from None
-    try:
-        cfg = apply_overrides(cfg, spec.base.overrides)
-    except ConfigError as e:
-        raise SpecError(f"{path}: base.overrides: {e}") from None
+        where = "base.preset" if isinstance(e, KeyError) else "base.overrides"
+        raise SpecError(f"{path}: {where}: {_message(e)}") from None
     for key, dist in spec.search.space.items():
-        if key == PRESET_KEY:  # the whole base config is searched: every value must be a known preset
-            if not isinstance(dist, (Choice, Fixed)):
-                raise SpecError(f"{path}: search.space.preset: must be a choice or fixed list of preset names")
-            for name in _possible_values(dist):
-                try:
-                    apply_overrides(get_preset(name), spec.base.overrides)
-                except (KeyError, ValueError) as e:
-                    raise SpecError(f"{path}: search.space.preset: {e}") from None
-            continue
-        sample = _representative_value(dist)
-        try:
-            apply_overrides(cfg, {key: sample})
-        except ConfigError as e:
-            raise SpecError(f"{path}: search.space.{key}: {e}") from None
+        if key == PRESET_KEY and not isinstance(dist, (Choice, Fixed)):
+            raise SpecError(f"{path}: search.space.preset: must be a choice or fixed list of preset names")
+        for bound, value in dist.extremes().items():
+            try:
+                method_config(spec, {key: value})
+            except (KeyError, ConfigError) as e:
+                where = f"search.space.{key}" if "unknown key" in str(e) else f"search.space.{key}.{bound}"
+                raise SpecError(f"{path}: {where}: {_message(e)}") from None
         for cond in (dist.when or {}):
             if cond not in spec.search.space:
                 raise SpecError(f"{path}: search.space.{key}.when: {cond!r} is not a searched parameter")
 
 
-def _possible_values(dist) -> list[Any]:
-    if isinstance(dist, Choice):
-        return list(dist.values)
-    if isinstance(dist, Fixed):
-        return [dist.value]
-    return []
-
-
-def _representative_value(dist) -> Any:
-    if isinstance(dist, Uniform):  # LogUniform too
-        return (dist.low + dist.high) / 2 if not isinstance(dist, LogUniform) else (dist.low * dist.high) ** 0.5
-    if isinstance(dist, IntRange):
-        return dist.low
-    if isinstance(dist, Choice):
-        return dist.values[0]
-    return dist.value
+def _message(e: Exception) -> str:
+    return e.args[0] if isinstance(e, KeyError) and e.args else str(e)

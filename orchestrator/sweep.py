@@ -12,11 +12,11 @@ from pathlib import Path
 import yaml
 
 from orchestrator import tracking
-from orchestrator.spec import PRESET_KEY, Choice, IntRange, SweepSpec, Uniform
+from orchestrator.spec import SweepSpec
+from orchestrator.trial_config import SweepContext, domain_extractor, method_config
 
 DEFAULT_RUN_DIR = Path("afsweep-runs")
 SPEC_COPY = "afsweep_spec.yaml"
-DOMAIN_EXTRACTOR = {"fashion-mnist": "fashion-mnist-cnn", "digits": "digits-cnn"}
 
 
 class SweepError(RuntimeError):
@@ -51,10 +51,8 @@ class SweepOutcome:
 
 
 def base_train_config(spec: SweepSpec):
-    from alphaflow.config import apply_overrides
-    from alphaflow.presets import get_preset
-
-    return apply_overrides(get_preset(spec.base.preset), spec.base.overrides)
+    """The method config of the spec's base (preset + overrides), before any searched value."""
+    return method_config(spec, {})
 
 
 def ensure_data(spec: SweepSpec, run_dir: Path, echo=print) -> str:
@@ -91,55 +89,41 @@ def registered_model_name(spec: SweepSpec, manifest) -> str:
 _LENGTH_KEYS = ("total_steps", "alpha.kind", "alpha.k_s", "alpha.k_e", "alpha.unit")
 
 
-def _extremes(dist) -> list:
-    """The values of a distribution that bound what it can produce."""
-    if isinstance(dist, (Uniform, IntRange)):
-        return [dist.low, dist.high]
-    if isinstance(dist, Choice):
-        return list(dist.values)
-    return [dist.value]  # Fixed
-
-
-def extreme_configs(spec: SweepSpec, cfg) -> list:
+def extreme_configs(spec: SweepSpec) -> list:
     """The configurations at the bounds of the searched length and transition keys (and of every searched preset):
     what ASHA's max_t and the curriculum-aware grace period must cover."""
     import itertools
 
-    from alphaflow.config import ConfigError, apply_overrides
-    from alphaflow.presets import get_preset
+    from alphaflow.config import ConfigError
 
     space = spec.search.space
-    bases = [cfg]
-    if PRESET_KEY in space:
-        bases = [apply_overrides(get_preset(p), spec.base.overrides) for p in _extremes(space[PRESET_KEY])]
-    keys = [k for k in _LENGTH_KEYS if k in space]
+    keys = [k for k in ("preset", *_LENGTH_KEYS) if k in space]
     out = []
-    for base in bases:
-        for values in itertools.product(*[_extremes(space[k]) for k in keys]):
-            try:
-                out.append(apply_overrides(base, dict(zip(keys, values))))
-            except ConfigError:  # e.g. k_e before k_s: a combination the search cannot produce
-                continue
-    return out or bases
+    for values in itertools.product(*[list(space[k].extremes().values()) for k in keys]):
+        try:
+            out.append(method_config(spec, dict(zip(keys, values))))
+        except ConfigError:  # e.g. k_e before k_s: a combination the search cannot produce
+            continue
+    return out or [method_config(spec, {})]
 
 
-def max_total_steps(spec: SweepSpec, cfg) -> int:
+def max_total_steps(spec: SweepSpec) -> int:
     """The longest trial the space can produce (ASHA's max_t: a trial reaching it counts as finished)."""
-    return max(c.total_steps for c in extreme_configs(spec, cfg))
+    return max(c.total_steps for c in extreme_configs(spec))
 
 
-def transition_end_steps(spec: SweepSpec, cfg) -> int:
+def transition_end_steps(spec: SweepSpec) -> int:
     """The latest step at which any configuration of the space ends its alpha transition.
 
     Curriculum-aware early stopping: no trial is judged before its curriculum has run (issue 6).
     """
     from alphaflow.schedules import transition_end_step
 
-    return max(min(c.total_steps, transition_end_step(c.alpha, c.total_steps)) for c in extreme_configs(spec, cfg))
+    return max(min(c.total_steps, transition_end_step(c.alpha, c.total_steps)) for c in extreme_configs(spec))
 
 
-def grace_period(spec: SweepSpec, cfg, echo=print) -> int:
-    end = transition_end_steps(spec, cfg)
+def grace_period(spec: SweepSpec, echo=print) -> int:
+    end = transition_end_steps(spec)
     forced = spec.search.early_stopping.grace_period
     if forced is None:
         return max(1, end)
@@ -166,21 +150,10 @@ def dashboard_line(url: str) -> str:
             f"or the file {token}; API: curl -H \"Authorization: Bearer $(cat {token})\" {url}/api/jobs/)")
 
 
-def _use_token_auth_if_available() -> None:
-    """Ray 2.60 clusters require a token; a connecting driver stays in 'disabled' mode unless told, even when the
-    token file is there. Use the token when one is available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
-        from ray._raylet import Config
-
-        Config.initialize("")  # Ray read its config at import: make it see the mode (as Ray's own setup does)
-
-
 def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
     import ray
+
+    from orchestrator.ray_adapter import keep_local_cluster_on_loopback, use_token_auth_if_available
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.train.threads_per_worker))
@@ -192,18 +165,13 @@ def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
         return None
     address = address or spec.ray.address
     if address:
-        _use_token_auth_if_available()
+        use_token_auth_if_available()
         try:
             ctx = ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         except Exception as e:
             raise SweepError(f"Ray cluster at {address} is not reachable: {str(e).splitlines()[0]}") from None
     else:
-        # a one-machine cluster: keep every Ray address on loopback (Ray otherwise resolves 127.0.0.1 to the
-        # machine's network address, and a single-node cluster needs no other)
-        if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") == "0":
-            from ray._private import ray_constants  # read at import: the driver's copy needs setting too
-
-            ray_constants.ENABLE_RAY_CLUSTER = False
+        keep_local_cluster_on_loopback()
         per_trial = 1 + spec.train.workers * spec.train.cpus_per_worker
         num_cpus = spec.ray.num_cpus or int(math.ceil(spec.search.max_concurrent * per_trial))
         ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
@@ -225,7 +193,6 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     import ray
     from ray import tune
 
-    from alphaflow.config import config_to_dict
     from alphaflow.data import read_manifest
     from orchestrator.search import make_scheduler, make_searcher
     from orchestrator.trial import SETTINGS_KEY, MlflowTrialCloser, run_trial
@@ -241,8 +208,8 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     manifest = read_manifest(manifest_url)
     if not manifest.fid_reference:
         raise SweepError(f"{manifest_url}: no FID reference statistics recorded (re-run afsweep data prepare)")
-    extractor = DOMAIN_EXTRACTOR.get(manifest.dataset_id.split(":")[0], DOMAIN_EXTRACTOR["fashion-mnist"])
-    grace = grace_period(spec, cfg, echo)
+    extractor = domain_extractor(manifest.dataset_id)
+    grace = grace_period(spec, echo)
     model_name = registered_model_name(spec, manifest)
 
     sweep_name = sweep_name or f"{spec.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -263,21 +230,12 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     if dashboard_url:
         echo(dashboard_line(dashboard_url))
 
-    settings = {
-        "sweep_name": sweep_name, "parent_run_id": parent_run_id, "experiment_id": experiment_id,
-        "tracking_uri": tracking_uri, "base_config": config_to_dict(cfg), "base_overrides": spec.base.overrides,
-        "preset": spec.base.preset, "seed": spec.search.seed * 1000,
-        "manifest": manifest_url, "data_mode": spec.data.mode, "loader_workers": spec.data.loader_workers,
-        "on_corrupt": spec.data.on_corrupt, "verify": spec.data.verify, "cache_dir": spec.data.cache_dir,
-        "workers": spec.train.workers, "use_gpu": spec.train.use_gpu, "cpus_per_worker": spec.train.cpus_per_worker,
-        "threads_per_worker": spec.train.threads_per_worker, "log_every": spec.train.log_every,
-        "eval_every": spec.train.eval_every, "eval_samples": spec.train.eval_samples,
-        "eval_nstep": spec.train.eval_nstep,
-        "extractor": extractor,
-        "train_storage": str(run_dir / "ray" / sweep_name / "train"),
-    }
+    sweep = SweepContext(sweep_name=sweep_name, parent_run_id=parent_run_id, experiment_id=experiment_id,
+                         tracking_uri=tracking_uri, manifest=manifest_url, extractor=extractor,
+                         train_storage=str(run_dir / "ray" / sweep_name / "train"))
+    settings = {"spec": spec.model_dump(mode="json"), "sweep": sweep.model_dump()}
     metric, mode = spec.search.metric, spec.search.mode
-    scheduler = make_scheduler(spec, max_total_steps(spec, cfg), grace)
+    scheduler = make_scheduler(spec, max_total_steps(spec), grace)
     if hasattr(scheduler, "set_search_properties"):
         scheduler.set_search_properties(metric, mode)
     tuner = tune.Tuner(

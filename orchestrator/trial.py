@@ -4,7 +4,6 @@ and the Tune callback that closes each trial's MLflow run whatever way it ended.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 from ray import tune
@@ -36,54 +35,35 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from alphaflow.config import apply_overrides, config_from_dict, config_to_dict, flatten
-    from alphaflow.presets import get_preset
-    from orchestrator.spec import PRESET_KEY
+    from alphaflow.config import flatten
+    from orchestrator.spec import SweepSpec
+    from orchestrator.trial_config import SweepContext, build_trial_config, trial_number
     from orchestrator.worker import train_loop
 
-    s = config[SETTINGS_KEY]
+    settings = config[SETTINGS_KEY]
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     params = trial_params(config)
-    base = config_from_dict(s["base_config"])
-    if PRESET_KEY in params:  # a searched preset replaces the base config; the spec's overrides still apply
-        base = apply_overrides(get_preset(params[PRESET_KEY]), s["base_overrides"])
-    cfg = apply_overrides(base, {k: v for k, v in params.items() if k != PRESET_KEY})
-    # each trial its own seed, recorded: seed offsets keep trials of one sweep from sharing noise
-    cfg = apply_overrides(cfg, {"seed": int(s["seed"]) + _trial_number(trial_id)})
+    spec = SweepSpec.model_validate(settings["spec"])
+    sweep = SweepContext.model_validate(settings["sweep"])
+    trial = build_trial_config(spec, params, sweep, trial_number=trial_number(trial_id))
 
-    client = tracking.client_for(s["tracking_uri"])
-    run_id = tracking.get_or_create_trial_run(
-        client, s["experiment_id"], s["parent_run_id"], s["sweep_name"], trial_id, trial_name,
-        params={**flatten(cfg), "preset": params.get(PRESET_KEY, s["preset"]), "swept": ",".join(sorted(params)),
-                tracking.EXTRACTOR_PARAM: s["extractor"], tracking.EVAL_N_PARAM: s["eval_samples"]},
+    client = tracking.client_for(sweep.tracking_uri)
+    trial.tracking.run_id = tracking.get_or_create_trial_run(
+        client, sweep.experiment_id, sweep.parent_run_id, sweep.sweep_name, trial_id, trial_name,
+        params={**flatten(trial.method), "preset": trial.preset, "swept": ",".join(sorted(params)),
+                tracking.EXTRACTOR_PARAM: trial.run.extractor, tracking.EVAL_N_PARAM: trial.run.eval_samples},
     )
-
+    run = trial.run
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={
-            "train_config": config_to_dict(cfg),
-            "manifest": s["manifest"],
-            "data_mode": s["data_mode"],
-            "loader_workers": s["loader_workers"],
-            "on_corrupt": s["on_corrupt"],
-            "verify": s["verify"],
-            "cache_dir": s["cache_dir"],
-            "tracking_uri": s["tracking_uri"],
-            "run_id": run_id,
-            "threads": s["threads_per_worker"],
-            "log_every": s["log_every"],
-            "eval_every": s["eval_every"],
-            "eval_samples": s["eval_samples"],
-            "eval_nstep": s.get("eval_nstep", 0),
-            "extractor": s["extractor"],
-        },
+        train_loop_config=trial.model_dump(mode="json"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=s["workers"], use_gpu=s["use_gpu"], resources_per_worker={"CPU": s["cpus_per_worker"]},
+            num_workers=run.workers, use_gpu=run.use_gpu, resources_per_worker={"CPU": run.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",  # deterministic: a resumed trial finds its own Train run
-            storage_path=s["train_storage"],
+            storage_path=run.train_storage,
             callbacks=[TuneReportCallback()],
             # a resumed trial needs only the latest; the best EMA weights are in MLflow already
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
@@ -92,12 +72,6 @@ def run_trial(config: dict[str, Any]) -> None:
         ),
     )
     trainer.fit()
-
-
-def _trial_number(trial_id: str) -> int:
-    # Tune trial ids look like "1a2b3c4d_00003": the suffix counts trials within the sweep
-    tail = trial_id.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else zlib.crc32(trial_id.encode()) % 10_000
 
 
 class MlflowTrialCloser(tune.Callback):

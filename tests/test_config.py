@@ -19,6 +19,10 @@ def test_dotted_overrides_and_flatten():
 @pytest.mark.parametrize("overrides, message", [
     ({"alpha.nope": 1}, "unknown key 'alpha.nope'"),
     ({"optim.lr": "fast"}, "optim.lr: expected a number"),
+    ({"optim.lr": True}, "optim.lr: expected a number"),
+    ({"total_steps": 2.5}, "total_steps: expected an integer"),
+    ({"loss.beta": "yes"}, "loss.beta: Input should be a valid boolean"),
+    ({"alpha.end": 1.5}, "alpha.end: Input should be less than or equal to 1"),
     ({"alpha": 1}, "alpha: is a section"),
     ({"alpha.kind": "zigzag"}, "alpha.kind: 'zigzag' is not one of"),
     ({"alpha.k_s": 0.8, "alpha.k_e": 0.2}, "must not be before"),

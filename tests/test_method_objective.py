@@ -48,7 +48,7 @@ def batch(n=6, seed=1, fm_rows=2):
 
 def config(**guidance):
     cfg = TrainConfig()
-    cfg.cfg = GuidanceConfig(label_dropout=0.0, **guidance)
+    cfg.guidance = GuidanceConfig(label_dropout=0.0, **guidance)
     return cfg
 
 
@@ -194,7 +194,7 @@ def test_no_guidance_pass_when_omega_one_kappa_zero():
 def test_label_dropout_rows_get_the_null_class_and_plain_velocity():
     model = tiny_dit()
     cfg = config(omega=0.5, kappa=0.2)
-    cfg.cfg.label_dropout = 0.5
+    cfg.guidance.label_dropout = 0.5
     x, y, times, eps = batch(n=40, fm_rows=40)
     g = torch.Generator().manual_seed(3)
     _, _, parts = alpha_flow_loss(model, x, y, alpha=1.0, ratio_fm=1.0, cfg=cfg, num_classes=NUM_CLASSES,

@@ -116,7 +116,7 @@ def test_presets():
     xl = get_preset("alphaflow-XL2-cfg")
     assert xl.total_steps == 1_200_000 and xl.alpha.k_s * xl.total_steps == 600_000
     assert round(xl.alpha.k_e * xl.total_steps) == 1_000_000
-    assert (xl.cfg.omega, xl.cfg.kappa, xl.cfg.t_max) == (0.2, 0.92, 0.75)
+    assert (xl.guidance.omega, xl.guidance.kappa, xl.guidance.t_max) == (0.2, 0.92, 0.75)
     for name in PRESETS:
         c = get_preset(name)
         if name != "tiny-cpu":
@@ -126,7 +126,7 @@ def test_presets():
     imf = get_preset("improved-meanflow-B4")
     assert imf.model.patch_size == 4 and imf.loss.beta and imf.loss.minsnr_gamma > 0
     tiny = get_preset("tiny-cpu")
-    assert tiny.model.size == "tiny" and tiny.cfg.omega == 1.0 and tiny.cfg.kappa == 0.0
+    assert tiny.model.size == "tiny" and tiny.guidance.omega == 1.0 and tiny.guidance.kappa == 0.0
     get_preset("tiny-cpu").total_steps = 1
     assert get_preset("tiny-cpu").total_steps == tiny.total_steps        # fresh copies
     with pytest.raises(KeyError, match="known: tiny-cpu"):

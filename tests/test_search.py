@@ -60,29 +60,27 @@ def _spec_with(space: dict, overrides: dict | None = None, preset: str = "tiny-c
 
 
 def test_asha_bounds_cover_every_trial_length_and_transition():
-    from orchestrator.sweep import base_train_config, max_total_steps, transition_end_steps
+    from orchestrator.sweep import max_total_steps, transition_end_steps
 
     # searched length: max_t is the longest trial, and the grace covers its transition (k_e = 0.5 of 400)
     spec = _spec_with({"total_steps": {"type": "int", "low": 100, "high": 400, "step": 100}})
-    cfg = base_train_config(spec)
-    assert max_total_steps(spec, cfg) == 400
-    assert transition_end_steps(spec, cfg) == 200
+    assert max_total_steps(spec) == 400
+    assert transition_end_steps(spec) == 200
     # searched transition end, as fractions and as a choice
     spec = _spec_with({"alpha.k_e": {"type": "choice", "values": [0.3, 0.8]}})
-    assert transition_end_steps(spec, base_train_config(spec)) == 80
+    assert transition_end_steps(spec) == 80
     # a constant alpha has no transition: ASHA may judge from the first step
     spec = _spec_with({"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-3}},
                       {"total_steps": 100, "alpha.kind": "constant"})
-    assert transition_end_steps(spec, base_train_config(spec)) == 0
+    assert transition_end_steps(spec) == 0
 
 
 def test_asha_bounds_with_a_searched_preset():
-    from orchestrator.sweep import base_train_config, max_total_steps, transition_end_steps
+    from orchestrator.sweep import max_total_steps, transition_end_steps
 
     spec = _spec_with({"preset": {"type": "choice", "values": ["tiny-cpu", "alphaflow-XL2-cfg"]}}, overrides={})
-    cfg = base_train_config(spec)
-    assert max_total_steps(spec, cfg) == 1_200_000          # XL/2: 1.2M steps
-    assert transition_end_steps(spec, cfg) == 1_000_000     # its transition ends at 1M
+    assert max_total_steps(spec) == 1_200_000          # XL/2: 1.2M steps
+    assert transition_end_steps(spec) == 1_000_000     # its transition ends at 1M
 
 
 def test_tpe_starts_modelling_early_in_small_sweeps():

@@ -88,3 +88,19 @@ def test_frozen_spec_round_trips(tmp_path):
     spec = load_spec(REPO / "sweeps" / "curriculum.yaml")
     p = write(tmp_path, yaml.safe_dump(spec.model_dump(mode="json")))
     assert load_spec(p) == spec
+
+
+def test_validate_checks_every_bound_of_the_space(tmp_path):
+    """A bound outside the method's constraints fails validate (exit 2, file and key), not the trial later."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    p = tmp_path / "s.yaml"
+    p.write_text("name: t\nsearch: {space: {alpha.end: {type: uniform, low: 0.0, high: 1.5}}}\n")
+    res = CliRunner().invoke(main, ["validate", str(p)])
+    assert res.exit_code == 2, res.output
+    assert f"{p}: search.space.alpha.end.high: alpha.end: Input should be less than or equal to 1" in res.output
+    p.write_text("name: t\nsearch: {space: {model.patch_size: {type: choice, values: [2, 3]}}}\n")
+    res = CliRunner().invoke(main, ["validate", str(p)])
+    assert res.exit_code == 2 and "search.space.model.patch_size.values[1]" in res.output, res.output

@@ -1,0 +1,118 @@
+"""One trial's whole configuration, built in one place from (spec, searched parameters).
+
+`validate`, `preview`, the ASHA bounds and every trial call `build_trial_config` (or `method_config`, its method
+part), so a setting is resolved once: the preset, the spec's overrides, the searched values, the trial's seed.
+The object crosses Ray Tune and Ray Train as `model_dump()` and is rebuilt in the worker with `model_validate`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from alphaflow.config import TrainConfig, apply_overrides
+from orchestrator.spec import PRESET_KEY, SweepSpec
+
+# feature extractor of the sweep's fid1/fid2 per built-in data set (others: the Fashion-MNIST CNN)
+DOMAIN_EXTRACTOR = {"fashion-mnist": "fashion-mnist-cnn", "digits": "digits-cnn"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SweepContext(_Strict):
+    """What only the running sweep knows: where its data, runs and storage are. None outside a sweep."""
+    sweep_name: str
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    manifest: str
+    extractor: str
+    train_storage: str
+
+
+class DataSettings(_Strict):
+    manifest: str | None
+    order: Literal["resampled", "exact"]
+    loader_workers: int
+    on_corrupt: Literal["raise", "skip"]
+    verify: Literal["size", "sha256"]
+    cache_dir: str | None
+
+
+class RunSettings(_Strict):
+    workers: int
+    use_gpu: bool
+    cpus_per_worker: float
+    threads_per_worker: int
+    log_every: int
+    eval_every: int
+    eval_samples: int
+    eval_nstep: int
+    eval_at_start: bool = True
+    extractor: str
+    train_storage: str | None
+
+
+class TrackingSettings(_Strict):
+    uri: str | None
+    experiment_id: str | None
+    parent_run_id: str | None
+    sweep_name: str | None
+    run_id: str | None = None          # the trial's child run, set once it exists
+
+
+class TrialConfig(_Strict):
+    method: TrainConfig
+    preset: str
+    searched: dict[str, Any] = Field(default_factory=dict)
+    data: DataSettings
+    run: RunSettings
+    tracking: TrackingSettings
+
+
+def method_config(spec: SweepSpec, params: dict[str, Any], trial_number: int | None = None) -> TrainConfig:
+    """The method config of one trial: the preset (the searched one, else the spec's), the spec's overrides, the
+    searched values, and (in a sweep) a seed offset per trial so trials do not share noise."""
+    from alphaflow.presets import get_preset
+
+    cfg = apply_overrides(get_preset(params.get(PRESET_KEY, spec.base.preset)), spec.base.overrides)
+    cfg = apply_overrides(cfg, {k: v for k, v in params.items() if k != PRESET_KEY})
+    if trial_number is not None:
+        cfg = apply_overrides(cfg, {"seed": spec.search.seed * 1000 + trial_number})
+    return cfg
+
+
+def build_trial_config(spec: SweepSpec, params: dict[str, Any], sweep: SweepContext | None = None,
+                       trial_number: int | None = None) -> TrialConfig:
+    d, t = spec.data, spec.train
+    return TrialConfig(
+        method=method_config(spec, params, trial_number),
+        preset=str(params.get(PRESET_KEY, spec.base.preset)),
+        searched=dict(params),
+        data=DataSettings(manifest=sweep.manifest if sweep else d.manifest, order=d.order,
+                          loader_workers=d.loader_workers, on_corrupt=d.on_corrupt, verify=d.verify,
+                          cache_dir=d.cache_dir),
+        run=RunSettings(workers=t.workers, use_gpu=t.use_gpu, cpus_per_worker=t.cpus_per_worker,
+                        threads_per_worker=t.threads_per_worker, log_every=t.log_every, eval_every=t.eval_every,
+                        eval_samples=t.eval_samples, eval_nstep=t.eval_nstep,
+                        extractor=sweep.extractor if sweep else domain_extractor(d.dataset),
+                        train_storage=sweep.train_storage if sweep else None),
+        tracking=TrackingSettings(uri=sweep.tracking_uri if sweep else spec.tracking.uri,
+                                  experiment_id=sweep.experiment_id if sweep else None,
+                                  parent_run_id=sweep.parent_run_id if sweep else None,
+                                  sweep_name=sweep.sweep_name if sweep else None),
+    )
+
+
+def domain_extractor(dataset_id: str | None) -> str:
+    return DOMAIN_EXTRACTOR.get((dataset_id or "").split(":")[0], DOMAIN_EXTRACTOR["fashion-mnist"])
+
+
+def trial_number(trial_id: str) -> int:
+    """Tune trial ids look like "1a2b3c4d_00003": the suffix counts trials within the sweep."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else zlib.crc32(trial_id.encode()) % 10_000
