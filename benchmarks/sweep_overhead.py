@@ -71,7 +71,7 @@ def main() -> None:
     from alphaflow.data import prepare_builtin
     from orchestrator import tracking
     from orchestrator.spec import load_spec
-    from orchestrator.sweep import base_train_config, launch
+    from orchestrator.sweep.driver import base_train_config, launch
 
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="afsweep-overhead-"))
     manifest = prepare_builtin("fashion-mnist", str(run_dir / "data" / "fashion-mnist"))

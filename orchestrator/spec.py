@@ -250,6 +250,16 @@ def _set_dotted(d: dict, key: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
+def _set_space_key(space: dict, rest: str, value: Any) -> None:
+    """`--set search.space.alpha.k_e.high=0.7`: the searched key (itself dotted) is the longest one the space has;
+    what follows it is a field of its distribution. Otherwise the whole distribution is set."""
+    for name in sorted(space, key=len, reverse=True):
+        if rest.startswith(name + ".") and isinstance(space[name], dict):
+            space[name] = {**space[name], rest[len(name) + 1:]: value}
+            return
+    space[rest] = value
+
+
 def apply_sets(raw: dict, sets: list[str], path: str) -> dict:
     """Apply `--set key=value` overrides (value parsed as YAML) to the raw spec dict."""
     raw = copy.deepcopy(raw)
@@ -264,6 +274,8 @@ def apply_sets(raw: dict, sets: list[str], path: str) -> dict:
         # method keys may contain dots themselves (base.overrides.alpha.k_e): keep the rest of the key whole
         if key.startswith("base.overrides."):
             raw.setdefault("base", {}).setdefault("overrides", {})[key[len("base.overrides."):]] = value
+        elif key.startswith("search.space."):
+            _set_space_key(raw.setdefault("search", {}).setdefault("space", {}), key[len("search.space."):], value)
         else:
             _set_dotted(raw, key, value)
     return raw
@@ -303,25 +315,40 @@ def _check_method_keys(spec: SweepSpec, path: str) -> None:
     """Every configuration a trial can get must be valid: the base (preset + overrides), and each bound of each
     searched key on it, built by the same function that builds every trial."""
     from alphaflow.config import ConfigError
-    from orchestrator.trial_config import method_config
+    from orchestrator.trial.config import method_config
 
     try:
         method_config(spec, {})
     except (KeyError, ValueError) as e:
         where = "base.preset" if isinstance(e, KeyError) else "base.overrides"
         raise SpecError(f"{path}: {where}: {_message(e)}") from None
-    for key, dist in spec.search.space.items():
-        if key == PRESET_KEY and not isinstance(dist, (Choice, Fixed)):
-            raise SpecError(f"{path}: search.space.preset: must be a choice or fixed list of preset names")
+    space = spec.search.space
+    if PRESET_KEY in space and not isinstance(space[PRESET_KEY], (Choice, Fixed)):
+        raise SpecError(f"{path}: search.space.preset: must be a choice or fixed list of preset names")
+    for key, dist in space.items():
+        # each bound, with the other searched keys at typical values (a cross-field rule such as k_s <= k_e is
+        # judged against what the search would set, not against a base value the search replaces)
+        others = {k: d.representative() for k, d in space.items() if k != key and _is_known(spec, k, d)}
         for bound, value in dist.extremes().items():
             try:
-                method_config(spec, {key: value})
+                method_config(spec, {**others, key: value})
             except (KeyError, ConfigError) as e:
                 where = f"search.space.{key}" if "unknown key" in str(e) else f"search.space.{key}.{bound}"
                 raise SpecError(f"{path}: {where}: {_message(e)}") from None
         for cond in (dist.when or {}):
             if cond not in spec.search.space:
                 raise SpecError(f"{path}: search.space.{key}.when: {cond!r} is not a searched parameter")
+
+
+def _is_known(spec: SweepSpec, key: str, dist) -> bool:
+    """A searched key whose typical value is valid on its own (else its own check reports it)."""
+    from orchestrator.trial.config import method_config
+
+    try:
+        method_config(spec, {key: dist.representative()})
+        return True
+    except (KeyError, ValueError):
+        return False
 
 
 def _message(e: Exception) -> str:

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.preview import asha_rungs, plan_trials
+from orchestrator.sweep.preview import asha_rungs, plan_trials
 from orchestrator.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The private Ray entry points afsweep uses (orchestrator/ray_adapter.py) exist in the pinned Ray: a Ray upgrade
+"""The private Ray entry points afsweep uses (orchestrator/sweep/ray_adapter.py) exist in the pinned Ray: a Ray upgrade
 that moves one fails here, by name, instead of silently bringing back the log flood or breaking cluster joins."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import logging
 
 
 def test_train_report_logger_is_where_the_adapter_looks():
-    from orchestrator.ray_adapter import quiet_train_report_lines, train_report_logger_name
+    from orchestrator.sweep.ray_adapter import quiet_train_report_lines, train_report_logger_name
 
     name = train_report_logger_name()
     assert name and name.endswith("context.py"), "Ray moved ray.train.v2._internal.execution.context"

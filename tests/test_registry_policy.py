@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import torch
 
 from orchestrator import tracking
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from orchestrator.search import PrunedAwareOptunaSearch, define_by_run
+from orchestrator.sweep.search import PrunedAwareOptunaSearch, define_by_run
 from orchestrator.spec import parse_spec
 
 SPACE = {
@@ -60,7 +60,7 @@ def _spec_with(space: dict, overrides: dict | None = None, preset: str = "tiny-c
 
 
 def test_asha_bounds_cover_every_trial_length_and_transition():
-    from orchestrator.sweep import max_total_steps, transition_end_steps
+    from orchestrator.sweep.driver import max_total_steps, transition_end_steps
 
     # searched length: max_t is the longest trial, and the grace covers its transition (k_e = 0.5 of 400)
     spec = _spec_with({"total_steps": {"type": "int", "low": 100, "high": 400, "step": 100}})
@@ -76,7 +76,7 @@ def test_asha_bounds_cover_every_trial_length_and_transition():
 
 
 def test_asha_bounds_with_a_searched_preset():
-    from orchestrator.sweep import max_total_steps, transition_end_steps
+    from orchestrator.sweep.driver import max_total_steps, transition_end_steps
 
     spec = _spec_with({"preset": {"type": "choice", "values": ["tiny-cpu", "alphaflow-XL2-cfg"]}}, overrides={})
     assert max_total_steps(spec) == 1_200_000          # XL/2: 1.2M steps
@@ -84,7 +84,7 @@ def test_asha_bounds_with_a_searched_preset():
 
 
 def test_tpe_starts_modelling_early_in_small_sweeps():
-    from orchestrator.search import make_sampler, startup_trials
+    from orchestrator.sweep.search import make_sampler, startup_trials
 
     small = parse_spec({"name": "s", "search": {"num_trials": 8}})
     assert startup_trials(small) == 2 and make_sampler(small)._n_startup_trials == 2

@@ -188,7 +188,7 @@ def test_resume_after_driver_sigkill(tmp_path, fashion_manifest):
                 assert r.data.metrics["wall_s"] > max(before)
     from ray import tune
 
-    from orchestrator.trial import run_trial
+    from orchestrator.trial.trainable import run_trial
 
     grid = tune.Tuner.restore(str(run_dir / "ray" / sweep), trainable=run_trial).get_results()
     assert len(grid) == 3 and all(r.error is None for r in grid)  # Ray: every trial once, none failed

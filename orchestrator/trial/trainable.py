@@ -37,8 +37,8 @@ def run_trial(config: dict[str, Any]) -> None:
 
     from alphaflow.config import flatten
     from orchestrator.spec import SweepSpec
-    from orchestrator.trial_config import SweepContext, build_trial_config, trial_number
-    from orchestrator.worker import train_loop
+    from orchestrator.trial.config import SweepContext, build_trial_config, trial_number
+    from orchestrator.trial.worker import train_loop
 
     settings = config[SETTINGS_KEY]
     ctx = tune.get_context()

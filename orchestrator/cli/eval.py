@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.trial_config import DOMAIN_EXTRACTOR
+from orchestrator.trial.config import DOMAIN_EXTRACTOR
 from orchestrator.tracking import CHECKPOINT_ARTIFACT
 
 

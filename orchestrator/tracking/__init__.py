@@ -255,7 +255,7 @@ def register_generator(client: MlflowClient, tracking_uri: str, run_id: str, mod
 
 def register_version(client: MlflowClient, tracking_uri: str, run_id: str, model_name: str) -> str:
     """The registry version of the run's generator, created (model logged into the run) if it has none."""
-    from orchestrator.generator_model import global_tracking_uri, log_generator_model
+    from orchestrator.tracking.generator_model import global_tracking_uri, log_generator_model
 
     with global_tracking_uri(tracking_uri):
         model_uri = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)

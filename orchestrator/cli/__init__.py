@@ -30,7 +30,7 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         from alphaflow.config import ConfigError
-        from orchestrator.sweep import SweepError, SweepInputError
+        from orchestrator.sweep.driver import SweepError, SweepInputError
         from orchestrator.tracking import TrackingError
 
         try:
@@ -74,7 +74,7 @@ def main():
 @click.option("--address", default=None, help="Connect to an existing Ray cluster instead of starting one.")
 def launch(spec_path: Path, sets: tuple[str, ...], run_dir: Path, address: str | None):
     """Run the sweep described by SPEC (a YAML file)."""
-    from orchestrator.sweep import launch as run_sweep
+    from orchestrator.sweep.driver import launch as run_sweep
 
     spec = load_spec(spec_path, list(sets))
     outcome = run_sweep(spec, spec_path.read_text(), run_dir=run_dir, address=address, echo=click.echo)
@@ -99,7 +99,7 @@ def validate(spec_path: Path, sets: tuple[str, ...]):
 @click.option("--no-timing", is_flag=True, help="Skip the timed training steps of the cost estimate.")
 def preview(spec_path: Path, sets: tuple[str, ...], png_path: Path | None, no_timing: bool):
     """Show SPEC's planned trials, ASHA rungs, an estimate of cost, and a PNG of the sampled schedules."""
-    from orchestrator.preview import estimate_cost, plan_trials, schedules_png
+    from orchestrator.sweep.preview import estimate_cost, plan_trials, schedules_png
 
     spec = load_spec(spec_path, list(sets))
     plan = plan_trials(spec)
@@ -218,7 +218,7 @@ def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_nam
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: the spec's, then the run dir's.")
 def resume(sweep_name, run_dir, address, tracking_uri):
     """Finish SWEEP after its driver died: no trial lost, none run twice, no duplicate MLflow run."""
-    from orchestrator.sweep import resume as resume_sweep
+    from orchestrator.sweep.driver import resume as resume_sweep
 
     outcome = resume_sweep(sweep_name, run_dir=run_dir, address=address, echo=click.echo, tracking_uri=tracking_uri)
     _print_outcome(outcome)
@@ -284,11 +284,11 @@ def _registered_model_of(client, run_id: str) -> str:
 
 def _add_optional_commands() -> None:
     """Sub-command groups that live in their own modules."""
-    from orchestrator.cli_data import data
+    from orchestrator.cli.data import data
 
     main.add_command(data)
     try:
-        from orchestrator.cli_eval import eval_command
+        from orchestrator.cli.eval import eval_command
     except ImportError:
         return
     main.add_command(eval_command, name="eval")

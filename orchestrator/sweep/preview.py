@@ -29,9 +29,9 @@ class Plan:
 def plan_trials(spec: SweepSpec, n: int | None = None) -> Plan:
     import optuna
 
-    from orchestrator.search import define_by_run, make_sampler
-    from orchestrator.sweep import grace_period, max_total_steps
-    from orchestrator.trial_config import method_config
+    from orchestrator.sweep.search import define_by_run, make_sampler
+    from orchestrator.sweep.driver import grace_period, max_total_steps
+    from orchestrator.trial.config import method_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = n or spec.search.num_trials

@@ -13,7 +13,7 @@ import yaml
 
 from orchestrator import tracking
 from orchestrator.spec import SweepSpec
-from orchestrator.trial_config import SweepContext, domain_extractor, method_config
+from orchestrator.trial.config import SweepContext, domain_extractor, method_config
 
 DEFAULT_RUN_DIR = Path("afsweep-runs")
 SPEC_COPY = "afsweep_spec.yaml"
@@ -153,7 +153,7 @@ def dashboard_line(url: str) -> str:
 def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
     import ray
 
-    from orchestrator.ray_adapter import keep_local_cluster_on_loopback, use_token_auth_if_available
+    from orchestrator.sweep.ray_adapter import keep_local_cluster_on_loopback, use_token_auth_if_available
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.train.threads_per_worker))
@@ -194,8 +194,8 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     from ray import tune
 
     from alphaflow.data import read_manifest
-    from orchestrator.search import make_scheduler, make_searcher
-    from orchestrator.trial import SETTINGS_KEY, MlflowTrialCloser, run_trial
+    from orchestrator.sweep.search import make_scheduler, make_searcher
+    from orchestrator.trial.trainable import SETTINGS_KEY, MlflowTrialCloser, run_trial
 
     t0 = time.time()
     run_dir = Path(run_dir).resolve()
@@ -291,7 +291,7 @@ def resume(sweep_name: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None
 
     from alphaflow.data import read_manifest
     from orchestrator.spec import parse_spec
-    from orchestrator.trial import run_trial
+    from orchestrator.trial.trainable import run_trial
 
     t0 = time.time()
     run_dir = Path(run_dir).resolve()

@@ -193,8 +193,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
     from alphaflow.data import make_train_loader, read_manifest
     from alphaflow.trainer import NonFiniteLossError, Trainer
-    from orchestrator.ray_adapter import quiet_train_report_lines
-    from orchestrator.trial_config import TrialConfig
+    from orchestrator.sweep.ray_adapter import quiet_train_report_lines
+    from orchestrator.trial.config import TrialConfig
 
     quiet_train_report_lines()
     trial = TrialConfig.model_validate(config)

@@ -1,5 +1,5 @@
 """`afsweep data`: prepare latent shards + manifest from a built-in data set, an image folder or numpy arrays,
-and inspect (or verify) a prepared manifest. Errors are alphaflow.data.DataError: orchestrator/cli.py prints them
+and inspect (or verify) a prepared manifest. Errors are alphaflow.data.DataError: orchestrator/cli/__init__.py prints them
 as one line and exits 1."""
 
 from __future__ import annotations
