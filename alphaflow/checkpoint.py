@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from alphaflow.errors import first_line
+
 FORMAT = 1
 
 
@@ -41,8 +43,7 @@ def load_state(path: str) -> dict[str, Any]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or holding objects weights_only refuses
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first[:200]})") from None
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first_line(e, 200)})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path}: not an alphaflow checkpoint (no model/config entries)")
     return state

@@ -15,3 +15,13 @@ def digits():
     x_train, y_train = load_builtin("digits", "train")
     ext = load_extractor("digits-cnn")
     return ext, compute_reference_stats(x_test, ext, "digits"), x_train, y_train
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """BLAS threads oversubscribe the 2 shared cores (10-100x slower eig/matmul): one thread while a module runs.
+    Modules use it with `pytestmark = pytest.mark.usefixtures("one_blas_thread")`."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield

@@ -5,16 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.linalg
-from threadpoolctl import threadpool_limits
 
 from alphaflow.metrics import frechet_distance, gaussian_stats
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """BLAS threads oversubscribe the 2 shared cores (10-100x slower eig/matmul): one thread while we run."""
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def _random_psd(rng, d, rank=None):

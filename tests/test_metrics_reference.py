@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 import torch
 
 from alphaflow.metrics import (IncompatibleReferenceError, MetricsError, ReferenceStats, WeightsMismatchError,
@@ -16,11 +15,7 @@ from alphaflow.metrics.extractors import WEIGHTS_DIR
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """BLAS threads oversubscribe the 2 shared cores (10-100x slower eig/matmul): one thread while we run."""
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def test_compute_records_provenance(digits):

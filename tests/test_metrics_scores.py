@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 import torch
 from PIL import Image
 
@@ -16,11 +15,7 @@ from alphaflow.metrics.domain_cnn import quantize_to_grid
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """BLAS threads oversubscribe the 2 shared cores (10-100x slower eig/matmul): one thread while we run."""
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def test_sample_metrics_keys_and_real_versus_noise(digits):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alphaflow.metrics.errors import MetricsError
-from alphaflow.metrics.extractors import FeatureExtractor, RGBExtractor, as_rgb_float, file_sha256
+from alphaflow.metrics.extractor_base import FeatureExtractor, RGBExtractor, as_rgb_float, file_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from alphaflow.errors import first_line
 from orchestrator.trial.config import DOMAIN_EXTRACTOR
 from orchestrator.tracking import CHECKPOINT_ARTIFACT
 
@@ -57,18 +58,14 @@ def resolve_run_id(client, target: str) -> str:
             else:
                 raise EvalError(f"{target}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-ID")
         except MlflowException as e:
-            raise EvalError(f"{target}: not in the model registry ({_first_line(e)})") from None
+            raise EvalError(f"{target}: not in the model registry ({first_line(e, 200)})") from None
         if not version.run_id:
             raise EvalError(f"{target}: version {version.version} records no source run")
         return version.run_id
     try:
         return client.get_run(target).info.run_id
     except MlflowException as e:
-        raise EvalError(f"run {target}: not found ({_first_line(e)})") from None
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise EvalError(f"run {target}: not found ({first_line(e, 200)})") from None
 
 
 def download_checkpoint(client, run_id: str, dst: str) -> str:
@@ -78,7 +75,7 @@ def download_checkpoint(client, run_id: str, dst: str) -> str:
     try:
         return client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, dst)
     except (MlflowException, OSError) as e:
-        raise EvalError(f"run {run_id}: no {CHECKPOINT_ARTIFACT} artifact ({_first_line(e)})") from None
+        raise EvalError(f"run {run_id}: no {CHECKPOINT_ARTIFACT} artifact ({first_line(e, 200)})") from None
 
 
 def _manifest_reference(client, run_id: str) -> str | None:
@@ -239,7 +236,7 @@ def eval_command(target, extractor, n, nfes, batch_size, seed, reference, refere
     except (EvalError, MetricsError) as e:
         _fail(str(e))
     except MlflowException as e:
-        _fail(f"MLflow at {tracking_uri or run_dir}: {_first_line(e)}")
+        _fail(f"MLflow at {tracking_uri or run_dir}: {first_line(e, 200)}")
 
     ext = result["extractor"]
     click.echo(f"run {run_id}  step {result['step']}  data {result['dataset_id']}  extractor {ext.describe()}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from alphaflow.errors import first_line
 from orchestrator import tracking
 from orchestrator.spec import SweepSpec
 from orchestrator.trial.config import SweepContext, domain_extractor, method_config
@@ -169,7 +170,7 @@ def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
         try:
             ctx = ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         except Exception as e:
-            raise SweepError(f"Ray cluster at {address} is not reachable: {str(e).splitlines()[0]}") from None
+            raise SweepError(f"Ray cluster at {address} is not reachable: {first_line(e)}") from None
     else:
         keep_local_cluster_on_loopback()
         per_trial = 1 + spec.train.workers * spec.train.cpus_per_worker

@@ -17,6 +17,8 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from alphaflow.errors import first_line
+
 KIND_TAG = "afsweep.kind"
 SWEEP_TAG = "afsweep.sweep"
 TRIAL_TAG = "afsweep.trial_id"
@@ -52,8 +54,7 @@ def client_for(uri: str) -> MlflowClient:
     try:
         client.search_experiments(max_results=1)
     except Exception as e:  # MlflowException, requests errors, sqlalchemy errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingError(f"MLflow at {uri} is not usable: {first[:300]}") from None
+        raise TrackingError(f"MLflow at {uri} is not usable: {first_line(e)}") from None
     return client
 
 

@@ -1,0 +1,9 @@
+"""One-line error messages: every expected failure in afsweep is one line that names what and where."""
+
+from __future__ import annotations
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (its type's name when it has none), at most `limit`."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:limit]
