@@ -163,6 +163,9 @@ class TrainSpec(_Strict):
     eval_every: int = Field(100, ge=1)
     eval_samples: int = Field(1000, ge=10)
     eval_nstep: int = Field(0, ge=0, description="also score N Euler steps of u(z, t, t) as fid_v<N> (0: off)")
+    checkpoint_every: int = Field(50, ge=1, description="steps between Ray Train checkpoints (no scoring), besides "
+                                  "the one at every evaluation: what a restarted worker group resumes from")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts per trial (Ray Train FailureConfig)")
 
 
 class EarlyStoppingSpec(_Strict):

@@ -60,6 +60,12 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     (docs/platform.md#pruned-trials); TPE would then learn from a score the trial never reached.
     """
 
+    def on_trial_result(self, trial_id: str, result: dict):
+        # checkpoint-only reports (train.checkpoint_every) carry no score: nothing to tell Optuna
+        if isinstance(self.metric, str) and self.metric not in result:
+            return
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         stopped_early = (
             not error

@@ -52,6 +52,8 @@ class RunSettings(_Strict):
     eval_every: int
     eval_samples: int
     eval_nstep: int
+    checkpoint_every: int
+    max_failures: int
     eval_at_start: bool = True
     extractor: str
     train_storage: str | None
@@ -99,6 +101,7 @@ def build_trial_config(spec: SweepSpec, params: dict[str, Any], sweep: SweepCont
         run=RunSettings(workers=t.workers, use_gpu=t.use_gpu, cpus_per_worker=t.cpus_per_worker,
                         threads_per_worker=t.threads_per_worker, log_every=t.log_every, eval_every=t.eval_every,
                         eval_samples=t.eval_samples, eval_nstep=t.eval_nstep,
+                        checkpoint_every=t.checkpoint_every, max_failures=t.max_failures,
                         extractor=sweep.extractor if sweep else domain_extractor(d.dataset),
                         train_storage=sweep.train_storage if sweep else None),
         tracking=TrackingSettings(uri=sweep.tracking_uri if sweep else spec.tracking.uri,

@@ -65,6 +65,8 @@ def run_trial(config: dict[str, Any]) -> None:
             name=f"train-{trial_id}",  # deterministic: a resumed trial finds its own Train run
             storage_path=run.train_storage,
             callbacks=[TuneReportCallback()],
+            # a lost worker (process or node) restarts the group from the latest checkpoint on what remains
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             # a resumed trial needs only the latest; the best EMA weights are in MLflow already
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # Train's per-report INFO lines would bury the trial table; its log files keep them (the dashboard)

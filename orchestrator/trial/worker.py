@@ -31,10 +31,15 @@ class RunLogger:
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id = run_id
+        # a restarted attempt redoes the steps after its checkpoint: what an earlier attempt logged is not logged
+        # again (every log and evaluation step logs wall_s)
+        self.logged_until = max((m.step for m in self.client.get_metric_history(run_id, "wall_s")), default=-1)
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        if step <= self.logged_until:
+            return
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and math.isfinite(v)]
         if batch:
@@ -152,7 +157,7 @@ class Evaluator:
             sample_grid_png(result.images[1], result.labels, str(grid))
             self.log.artifact(str(grid), "samples")
 
-    def checkpoint(self, position, improved: bool) -> str:
+    def checkpoint(self, position, improved: bool = False) -> str:
         """A checkpoint folder for Ray Train; the trial's best EMA weights also go to MLflow (what is registered)."""
         ckpt_dir = tempfile.mkdtemp(prefix="afsweep-ckpt-")
         path = str(Path(ckpt_dir) / CHECKPOINT_FILE)
@@ -164,8 +169,9 @@ class Evaluator:
     def evaluate(self, step: int, cost: dict[str, float], means: dict[str, float], position) -> tuple[dict, str]:
         m, result = self.scores()
         improved = self.update_best(m, step)
+        # one log per step: the training means of this interval with the scores and the cost
+        self.log.metrics({**means, **m, "step": step, **cost}, step)
         m.update(step=step, **cost)
-        self.log.metrics(m, step)
         self.sample_grid(result, step)
         ckpt_dir = self.checkpoint(position, improved)
         # the adaptive-weighted loss sits near 1 by construction; the unweighted MSE shows progress
@@ -174,15 +180,18 @@ class Evaluator:
         return m, ckpt_dir
 
 
-def _report(step: int, total: int, evaluator: Evaluator | None, cost, means, position) -> None:
-    """Every rank reports at the same steps; rank 0 adds its scores and a checkpoint."""
+def _report(step: int, total: int, evaluator: Evaluator | None, cost, means, position, score: bool = True) -> None:
+    """Every rank reports at the same steps; rank 0 adds a checkpoint, and its scores when `score`."""
     import ray.train
 
     metrics: dict[str, Any] = {"step": step, "total_steps": total}
     if evaluator is None:
         ray.train.report(metrics)
         return
-    scores, ckpt_dir = evaluator.evaluate(step, cost, means, position)
+    if score:
+        scores, ckpt_dir = evaluator.evaluate(step, cost, means, position)
+    else:
+        scores, ckpt_dir = {}, evaluator.checkpoint(position)
     ray.train.report({**metrics, **scores}, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir))
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # report() has copied it into the run's storage
 
@@ -227,8 +236,8 @@ def train_loop(config: dict[str, Any]) -> None:
     means = RunningMeans()
     total = cfg.total_steps
 
-    def report(step: int) -> None:
-        _report(step, total, evaluator, clock.totals(), means.means(), loader.position())
+    def report(step: int, score: bool = True) -> None:
+        _report(step, total, evaluator, clock.totals(), means.means(), loader.position(), score)
 
     if trainer.step == 0 and run.eval_at_start:
         report(0)  # the untrained model's score, the baseline every trial is compared with
@@ -242,10 +251,14 @@ def train_loop(config: dict[str, Any]) -> None:
                 log.tag("afsweep.error", str(e))
             raise
         step = trainer.step
-        if log and step % run.log_every == 0:
+        evaluating = step % run.eval_every == 0 or step == total
+        if log and step % run.log_every == 0 and not evaluating:  # an evaluation logs the means itself
             log.metrics({**means.means(), **clock.totals()}, step)
-        if step % run.eval_every == 0 or step == total:
+        if evaluating:
             report(step)
             means.reset()
-        elif step % run.log_every == 0:
+            continue
+        if step % run.checkpoint_every == 0:
+            report(step, score=False)
+        if step % run.log_every == 0:
             means.reset()
