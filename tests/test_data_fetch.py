@@ -1,6 +1,6 @@
 """How the reader fetches: a slot reads only its own run of a boundary shard (S3: ranged GETs, several at once,
-into one buffer), the batches don't depend on the store or the part size, and the batch buffers it reuses are
-never ones the trainer still holds."""
+into one buffer), the batches don't depend on the store or the part size, and the buffers it reuses are never
+ones that anything still views."""
 
 from __future__ import annotations
 
@@ -128,15 +128,60 @@ def test_batches_the_trainer_keeps_are_never_overwritten(local_set):
     assert len({x.data_ptr() for x in kept}) == 12
 
 
-def test_receive_falls_back_to_read_and_copy_without_a_socket_stream():
-    """A body whose stream is not urllib3's (here a real botocore StreamingBody over bytes) is read and copied."""
+@pytest.mark.parametrize("raw", [False, True])
+def test_worker_chunks_keep_coming_in_pooled_buffers(local_set, monkeypatch, raw):
+    """The trainer gives every chunk buffer back once it has handed out its batches (kept or not): the workers
+    never fall back to fresh shared memory, whose handle would cross the socket with every chunk."""
+    from alphaflow.data import loader as loader_module
+
+    chunks, pooled = [], []
+    real_next, real_received = loader_module._WorkerChunks.__next__, loader_module._ChunkPool.received
+    monkeypatch.setattr(loader_module._WorkerChunks, "__next__", lambda self: chunks.append(1) or real_next(self))
+    monkeypatch.setattr(loader_module._ChunkPool, "received",
+                        lambda self, *a: pooled.append(1) or real_received(self, *a))
+    ld = make_train_loader(local_set, batch_size=16, rank=0, world_size=1, seed=2, mode="exact", num_workers=2)
+    it = ld.raw_batches() if raw else iter(ld)
+    kept = [next(it)[0] for _ in range(4 * ld.batches_per_epoch)]
+    it.close()
+    assert len(kept) == 4 * ld.batches_per_epoch and len(chunks) > 8 and len(pooled) == len(chunks)
+
+
+def test_receive_fills_the_view_piece_by_piece(monkeypatch):
+    """A body (a real botocore StreamingBody, here over bytes) is read into the view in RECEIVE_STEP pieces; one
+    that ends early returns what came (the caller then retries)."""
     import io
 
     from botocore.response import StreamingBody
 
+    monkeypatch.setattr(storage, "RECEIVE_STEP", 1000)
     data = bytes(range(256)) * 40
     out = bytearray(len(data))
     assert storage._receive(StreamingBody(io.BytesIO(data), len(data)), memoryview(out)) == len(data)
     assert bytes(out) == data
-    short = bytearray(len(data) + 10)                   # the server sent less than asked: the caller retries
-    assert storage._receive(StreamingBody(io.BytesIO(data), len(data)), memoryview(short)) == len(data)
+    short = bytearray(len(data) + 10)                   # the server sent less than asked
+    assert storage._receive(StreamingBody(io.BytesIO(data), None), memoryview(short)) == len(data)
+    assert bytes(short[:len(data)]) == data
+
+
+def test_run_buffers_come_back_once_nothing_views_them():
+    """The reader's S3 receive buffers: a buffer is lent again only after everything decoded from it is gone."""
+    from alphaflow.data.loader import _RunBuffers
+
+    def address(view: memoryview) -> int:
+        return np.frombuffer(view, np.uint8).ctypes.data
+
+    pool = _RunBuffers(64, keep=2)
+    a = pool.lend()
+    first = address(a)
+    latents = np.frombuffer(a[16:48], np.float32)[::2]   # what a decoded run keeps: a view of a slice of it
+    del a
+    b = pool.lend()
+    assert address(b) != first                           # still viewed through `latents`
+    del latents
+    assert address(pool.lend()) == first                 # free again (and dropped again at once)
+    c, d = pool.lend(), pool.lend()                      # b and c are the pooled two; d is beyond `keep`
+    pooled = {address(b), address(c)}
+    assert len(pooled) == 2 and address(d) not in pooled
+    del b, c, d
+    e, f, g = pool.lend(), pool.lend(), pool.lend()      # the pooled two come back; d's memory was not pooled
+    assert {address(e), address(f)} == pooled and address(g) not in pooled

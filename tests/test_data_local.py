@@ -100,6 +100,30 @@ def test_webdataset_reads_our_shards(arrays_set):
     assert samples[0]["npy"].shape == SHAPE and isinstance(samples[0]["cls"], int)
 
 
+def test_both_tar_parsers_list_and_decode_the_same(arrays_set, monkeypatch):
+    """The hand parser and the standard library's tarfile give the same members, the same decoded shard and the
+    same decoded run of samples (shards.TAR_PARSER chooses; the benchmark compares their speed)."""
+    from alphaflow.data import shards
+
+    m = read_manifest(arrays_set[0])
+    rec = m.shards[1]
+    data = Path(rec.url).read_bytes()
+    assert list(shards._tarfile_members(data, rec.url)) == list(shards._tar_members(data, rec.url))
+    period = shards.sample_period(m.stored_shape, m.latent_dtype)
+    decoded = {}
+    for parser in shards.TAR_PARSERS:
+        monkeypatch.setattr(shards, "TAR_PARSER", parser)
+        whole = shards.decode_shard(data, rec.url, m.stored_shape, m.latent_dtype, rec.num_samples)
+        run = shards.decode_samples(memoryview(data)[3 * period:9 * period], rec.url, m.stored_shape,
+                                    m.latent_dtype, 6)
+        assert run is not None and not whole.corrupt
+        decoded[parser] = (whole, run)
+    for a, b in zip(decoded["hand"], decoded["tarfile"]):
+        assert list(a.keys) == list(b.keys) and np.array_equal(a.labels, b.labels)
+        assert np.array_equal(a.latents, b.latents)
+    assert list(decoded["hand"][1].keys) == list(decoded["hand"][0].keys[3:9])
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_exact_epoch_is_disjoint_and_complete(arrays_set, workers):
     url = arrays_set[0]

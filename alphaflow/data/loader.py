@@ -16,21 +16,25 @@ reading them.
 
 Batches are formed inside the workers and handed out in strict rotation over the workers, which the position
 records (`next_worker`), so a resumed loader continues with exactly the batches that would have come. A worker
-sends several batches per message (a "chunk", up to CHUNK_BYTES), written into shared-memory buffers that are
-reused once the trainer holds no batch of them: per message torch passes each new shared tensor's handle over a
-socket, a round trip between the processes that would otherwise cost more than the batch itself. The trainer
-process splits the chunks back into batches, each carrying its own stream counter, so chunk boundaries change
-nothing about order or resuming. A batch the trainer keeps is a view that keeps its chunk's buffer out of the pool
-(the worker then takes fresh shared memory).
+sends several batches per message (a "chunk", up to CHUNK_BYTES), written into pooled shared-memory buffers: per
+message torch passes each new shared tensor's handle over a socket, a round trip between the processes that would
+otherwise cost more than the batch itself. The trainer process splits the chunks back into batches, each carrying
+its own stream counter, so chunk boundaries change nothing about order or resuming.
+
+Every batch the loader yields belongs to the caller, to keep as long as it likes: iterating copies each batch to
+the device and normalises it into a new tensor, raw_batches() copies it out of the chunk. A chunk's buffer goes
+back to its worker once the trainer process has handed out all of its batches and been asked for the next one:
+the loader knows what it handed out, nothing depends on counting references.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import threading
 import warnings
+import weakref
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
@@ -109,6 +113,32 @@ class _Run:
             self.latents = torch.from_numpy(decoded.latents)
 
 
+class _RunBuffers:
+    """Receive buffers for S3 runs, reused (fresh memory costs page faults). Each loan is a new numpy view of a
+    buffer, and everything decoded from a run (memoryview slices, the strided latents, their torch view) refers
+    back to that view: once the decoded run is gone the view is garbage, and weakref.finalize puts the buffer back
+    on the free list. With none free a loan is fresh memory; at most `keep` buffers are pooled."""
+
+    def __init__(self, nbytes: int, keep: int):
+        self.nbytes, self.keep = nbytes, keep
+        self._free: deque[np.ndarray] = deque()   # append and pop are atomic: a finalizer may run in any thread
+        self._pooled = 0
+        self._lock = threading.Lock()
+
+    def lend(self) -> memoryview:
+        try:
+            buf = self._free.pop()
+        except IndexError:
+            buf = np.empty(self.nbytes, np.uint8)
+            with self._lock:
+                if self._pooled >= self.keep:
+                    return memoryview(buf)   # not pooled: freed with its last view, as any array
+                self._pooled += 1
+        loan = buf[:]
+        weakref.finalize(loan, self._free.append, buf).atexit = False
+        return memoryview(loan)
+
+
 class _Reader:
     """Reads and decodes runs of samples [lo, hi) of shards: only those samples' bytes when the shard is laid out
     regularly (ours are; S3: parallel ranged GETs), else the whole shard (with retries, checks and an optional
@@ -120,8 +150,9 @@ class _Reader:
         self._pending: dict[tuple[int, int, int], Future] = {}
         self._pool: ThreadPoolExecutor | None = None
         self.period = sample_period(m.stored_shape, m.latent_dtype)   # bytes per sample in shards we wrote
-        self._buffers: list[np.ndarray] = []     # S3 run buffers, reused (fresh memory costs page faults)
-        self._buffers_lock = threading.Lock()
+        # S3 run buffers, reused: the run being batched and the one being fetched hold two, a third covers the
+        # hand-over
+        self._buffers = _RunBuffers(max(r.num_samples for r in m.shards) * self.period, keep=3)
 
     def prefetch(self, run: tuple[int, int, int]) -> None:
         """Start reading and decoding a run in a background thread (reads and numpy release the GIL)."""
@@ -153,7 +184,7 @@ class _Reader:
         shape, dtype = self.m.stored_shape, self.m.latent_dtype
         whole = self.verify == "sha256" or (self.cache_dir and storage.is_s3(rec.url))
         if not whole and is_regular_size(rec.num_samples, rec.bytes, self.period):
-            out = self._free_buffer() if storage.is_s3(rec.url) else None
+            out = self._buffers.lend() if storage.is_s3(rec.url) else None
             data = storage.read_range(rec.url, lo * self.period, hi * self.period, rec.bytes, out)
             d = decode_samples(data, rec.url, shape, dtype, hi - lo)
             if d is not None:
@@ -161,18 +192,6 @@ class _Reader:
         # the whole shard: verified, cached, or not laid out regularly (the general parser marks corrupt samples)
         d = decode_shard(self._bytes(i), rec.url, shape, dtype, rec.num_samples)
         return _Run(d.part(lo, hi))
-
-    def _free_buffer(self) -> memoryview:
-        """A buffer for the largest run that no decoded run still views (the run being batched and the one being
-        fetched hold two; a third covers the hand-over)."""
-        with self._buffers_lock:
-            for b in self._buffers:
-                if sys.getrefcount(b) == 3:     # the list, the loop variable, getrefcount's argument: nothing else
-                    return memoryview(b)
-            b = np.empty(max(r.num_samples for r in self.m.shards) * self.period, np.uint8)
-            if len(self._buffers) < 3:
-                self._buffers.append(b)
-            return memoryview(b)
 
     def _bytes(self, i: int):
         rec = self.m.shards[i]
@@ -203,69 +222,56 @@ def _stored_dtype(m: Manifest) -> torch.dtype:
     return torch.from_numpy(np.empty(0, m.latent_dtype)).dtype
 
 
-def _view(storage: torch.UntypedStorage, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    """A tensor of `shape` on `storage` (a new view: holding it is what the storage's use count sees)."""
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
-
-
 class _ChunkPool:
     """Shared-memory buffers for the workers' chunks, made before the workers start (so every process maps the
     same ones) and reused: a chunk in a pooled buffer crosses to the trainer as its index alone, and neither side
-    pays page faults on fresh memory again. A buffer is free again once the trainer holds no view of it (the
-    storage's use count, as torch's cudagraph trees check their outputs); with none free a worker takes fresh
-    shared memory, sent along with the chunk, so a trainer keeping its batches is never short-changed."""
+    pays page faults on fresh memory again. The trainer process gives a buffer back (give_back) once it has handed
+    out every batch of its chunk and been asked for the next one: by then each batch has been copied to the
+    device, normalised into a new tensor, or copied for raw_batches(), so no batch the trainer holds views a
+    pooled buffer. With none free a worker takes fresh shared memory, sent along with the chunk."""
 
     def __init__(self, slots: int, per_slot: int, shape: tuple[int, ...], dtype: torch.dtype):
         self.shape, self.dtype = shape, dtype
-        nbytes = dtype.itemsize * int(np.prod(shape))
-        self.storages = [[torch.UntypedStorage._new_shared(nbytes) for _ in range(per_slot)] for _ in range(slots)]
+        self.buffers = [[self._shared(shape) for _ in range(per_slot)] for _ in range(slots)]
         self.busy = torch.zeros((slots, per_slot), dtype=torch.uint8).share_memory_()   # 1: a worker's or ours
-        self._held: list[tuple[int, int]] = []     # trainer side: buffers received and not yet given back
 
-    def view(self, storage: torch.UntypedStorage, n: int) -> torch.Tensor:
-        return _view(storage, self.dtype, (n, *self.shape[1:]))
+    def _shared(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.empty(shape, dtype=self.dtype).share_memory_()
 
     def take(self, slot: int, n: int) -> tuple[int, torch.Tensor]:
         """Worker side: (buffer index, or -1 for fresh memory; an (n, B, C, H, W) tensor to fill)."""
         free = np.flatnonzero(self.busy[slot].numpy() == 0)
         if len(free) == 0:
-            nbytes = self.dtype.itemsize * n * int(np.prod(self.shape[1:]))
-            return -1, self.view(torch.UntypedStorage._new_shared(nbytes), n)
+            return -1, self._shared((n, *self.shape[1:]))
         i = int(free[0])
         self.busy[slot, i] = 1
-        return i, self.view(self.storages[slot][i], n)
+        return i, self.buffers[slot][i][:n]
 
     def received(self, slot: int, i: int, n: int) -> torch.Tensor:
-        self._held.append((slot, i))
-        return self.view(self.storages[slot][i], n)
+        """Trainer side: the chunk a worker wrote into buffer i."""
+        return self.buffers[slot][i][:n]
 
-    def release_unused(self) -> None:
-        """Trainer side: hand back the buffers no batch still points into (1 = our own reference)."""
-        keep = []
-        for slot, i in self._held:
-            if torch._C._storage_Use_Count(self.storages[slot][i]._cdata) == 1:
-                self.busy[slot, i] = 0
-            else:
-                keep.append((slot, i))
-        self._held = keep
+    def give_back(self, slot: int, i: int) -> None:
+        """Trainer side: every batch of buffer i's chunk is handed out and done with."""
+        self.busy[slot, i] = 0
 
 
-class _BatchRing:
-    """Batch tensors reused once the trainer holds none of them: fresh memory for every batch costs page faults
-    that, at 1 MB a batch, take longer than filling it."""
+class _WorkerChunks:
+    """The DataLoader's iterator over the workers' chunks, referenced from here alone: close() drops it, and the
+    DataLoader shuts its worker processes down as its iterator is collected, even while a traceback still holds
+    the frames that used it (they hold this object, not the iterator)."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, size: int = 4):
-        self.shape, self.dtype, self.size = shape, dtype, size
-        self.storages: list[torch.UntypedStorage] = []
+    def __init__(self, it):
+        self._it = it
 
-    def take(self) -> torch.Tensor:
-        for st in self.storages:
-            if torch._C._storage_Use_Count(st._cdata) == 1:   # no tensor of ours left out there
-                return _view(st, self.dtype, self.shape)
-        x = torch.empty(self.shape, dtype=self.dtype)
-        if len(self.storages) < self.size:
-            self.storages.append(x.untyped_storage())
-        return x
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it = None
 
 
 class _SlotStream(torch.utils.data.IterableDataset):
@@ -291,11 +297,11 @@ class _SlotStream(torch.utils.data.IterableDataset):
         # no workers: every slot of this rank, rotated, in this process, one batch at a time
         locals_ = [(w + self.shift) % self.nw for w in range(self.nw)]
         streams = [self._batches(local) for local in locals_]
-        ring = _BatchRing((self.batch_size, *self.m.stored_shape), _stored_dtype(self.m))
+        shape, dtype = (self.batch_size, *self.m.stored_shape), _stored_dtype(self.m)
         while True:
             for local, s in zip(locals_, streams):
                 parts, counter, skipped = next(s)
-                x = ring.take()
+                x = torch.empty(shape, dtype=dtype)   # the consumer's own (malloc reuses the blocks freed before)
                 y, keys = self._gather(x, parts)
                 yield {"x": x, "y": torch.from_numpy(y), "keys": keys.tolist(), "local": local, "counter": counter,
                        "skipped": skipped}
@@ -477,26 +483,27 @@ class TrainLoader:
         self._next_worker = self.batches % nw
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # on the CPU the float32 batches are reused once the trainer has let go of them (see _BatchRing)
-        ring = (_BatchRing((self.batch_size, *self.manifest.image_shape), torch.float32)
-                if self.device.type == "cpu" else None)
-        with contextlib.closing(self._items()) as items:
+        # item["x"] may view a worker's chunk buffer until the next item is asked for: it is copied to the device
+        # or normalised into a new tensor here, before that (a pageable host buffer is free again once the copy
+        # to a GPU has returned). Every batch yielded is the trainer's own.
+        with contextlib.closing(self._items(own=False)) as items:
             for item in items:
-                # pop: a worker's chunk buffer goes back to its pool as soon as nothing points into it
                 x = item.pop("x").to(self.device, non_blocking=True)
                 slot = self.rank * self.slots_per_rank + item["local"]
-                x = self.normalize(x, slot, item["counter"], ring.take() if ring is not None else None)
+                x = self.normalize(x, slot, item["counter"])
                 yield x, item["y"].to(self.device, non_blocking=True)
 
     def raw_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The same batches (and position) as iterating, before the copy to the device and normalising: latents in
         the stored dtype and layout (a posterior's mean and log-variance channels), on the CPU. What a GPU node's
         CPU does per batch."""
-        with contextlib.closing(self._items()) as items:
+        with contextlib.closing(self._items(own=True)) as items:
             for item in items:
                 yield item.pop("x"), item["y"]
 
-    def _items(self) -> Iterator[dict]:
+    def _items(self, own: bool) -> Iterator[dict]:
+        """The batches as dicts. own: every item["x"] is the consumer's to keep; else it may view a worker's chunk
+        buffer, valid until the next item is asked for (see _ChunkPool)."""
         if self.num_workers == 0:
             items = iter(_SlotStream(self))
             batches = items
@@ -507,10 +514,10 @@ class TrainLoader:
             pool = _ChunkPool(self.slots_per_rank, messages + 3,
                               (self.chunk, self.batch_size, *self.manifest.stored_shape), _stored_dtype(self.manifest))
             ds = _SlotStream(self, pool)
-            items = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers,
-                                                     prefetch_factor=messages, persistent_workers=False,
-                                                     collate_fn=_as_is))
-            batches = self._unchunk(items, pool)
+            items = _WorkerChunks(iter(torch.utils.data.DataLoader(
+                ds, batch_size=None, num_workers=self.num_workers, prefetch_factor=messages,
+                persistent_workers=False, collate_fn=_as_is)))
+            batches = self._unchunk(items, pool, own)
         try:
             for item in batches:
                 local = item["local"]
@@ -526,36 +533,42 @@ class TrainLoader:
         finally:
             # stop the workers now: a traceback that keeps this frame alive would otherwise keep them (and their
             # queue threads) running until interpreter exit
-            shutdown = getattr(items, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            if isinstance(items, _WorkerChunks):
+                items.close()
 
-    def _unchunk(self, chunks, pool: _ChunkPool) -> Iterator[dict]:
+    def _unchunk(self, chunks: _WorkerChunks, pool: _ChunkPool, own: bool) -> Iterator[dict]:
         """The workers' chunks as single batches in strict rotation over the slots, as without chunks: the batch
-        order (and so what a position means) does not depend on the chunk sizes."""
-        from collections import deque
-
+        order (and so what a position means) does not depend on the chunk sizes. A pooled chunk buffer is given
+        back once its last batch has been handed out and the next one is asked for; own: each batch is copied out
+        of it first."""
         queues: list[deque] = [deque() for _ in range(self.slots_per_rank)]
         local = self._next_worker
         while True:
             while not queues[local]:
-                pool.release_unused()
                 c = next(chunks)
                 q = queues[c["local"]]
                 if "error" in c:
                     q.append(c)
                     continue
-                x = c["x"] if c["buf"] < 0 else pool.received(c["local"], c["buf"], c["n"])
+                pooled = c["buf"] >= 0   # else fresh shared memory, sent along: nobody reuses it
+                x = pool.received(c["local"], c["buf"], c["n"]) if pooled else c["x"]
+                if own and pooled:
+                    x = [b.clone() for b in x]   # a batch the caller owns; the buffer can go back at once
+                    pool.give_back(c["local"], c["buf"])
+                    pooled = False
                 y = torch.from_numpy(c["y"])
+                last = len(c["keys"]) - 1
                 for j, (keys, counter, skipped) in enumerate(zip(c["keys"], c["counters"], c["skipped"])):
                     q.append({"x": x[j], "y": y[j], "keys": keys, "counter": counter, "skipped": skipped,
-                              "local": c["local"]})
-                del x
+                              "local": c["local"], "buffer": c["buf"] if pooled and j == last else -1})
             item = queues[local].popleft()
             if "error" in item:
                 raise DataError(item["error"])
             item["keys"] = item["keys"].tolist()
+            buffer = item.pop("buffer")
             yield item
+            if buffer >= 0:   # the consumer is back for the next batch: done with every batch of that chunk
+                pool.give_back(item["local"], buffer)
             local = (local + 1) % self.slots_per_rank
 
 

@@ -9,6 +9,7 @@ few), and reuses the parsed .npy header, which is identical for every sample of 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import struct
@@ -24,6 +25,11 @@ from alphaflow.data.errors import DataError
 log = logging.getLogger("alphaflow.data")
 
 SHARD_PATTERN = "shard-{:06d}.tar"
+TAR_PARSERS = ("hand", "tarfile")
+# Who parses the tar headers: "hand", the loop in _tar_members and, for shards laid out as ours are, numpy over
+# every header of a run at once; or "tarfile", the standard library's TarFile, one TarInfo a member. Both give the
+# same members. The hand parser stays the default: see the ratios in the comment above _tar_members.
+TAR_PARSER = os.environ.get("AFSWEEP_TAR_PARSER", "hand")
 
 
 @dataclass
@@ -38,8 +44,6 @@ class ShardRecord:
 
 def npy_header(dtype, shape) -> bytes:
     """The .npy header (format 1.0) of a C-order array, computed once per data set."""
-    import io
-
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": np.dtype(dtype).str, "fortran_order": False,
                                                "shape": tuple(int(s) for s in shape)})
@@ -178,6 +182,78 @@ def _tar_members(data: bytes, url: str):
     raise DataError(f"{url}: truncated tar (no end-of-archive marker after byte {min(off, n)})")
 
 
+class _BufferFile(io.RawIOBase):
+    """A read-only, seekable file over a buffer (bytes, mmap, memoryview) for tarfile: it reads each 512-byte
+    header and seeks over the member's data, so only the headers are copied."""
+
+    def __init__(self, data):
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(self._pos + size, len(self._view))
+        chunk = bytes(self._view[self._pos:end])
+        self._pos = max(self._pos, end)
+        return chunk
+
+    def readinto(self, b) -> int:
+        chunk = self.read(len(b))
+        b[:len(chunk)] = chunk
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _tarfile_members(data, url: str, archive_end: bool = True):
+    """_tar_members by the standard library's tarfile (which checks every header's checksum): the same
+    (name, offset, size) triples and the same kinds of DataError. archive_end=False: `data` is a run of members cut
+    out of a tar, which simply ends."""
+    import tarfile
+
+    n = len(data)
+    try:
+        tar = tarfile.open(fileobj=_BufferFile(data), mode="r:")
+    except tarfile.ReadError as e:
+        raise DataError(f"{url}: not a tar file ({e})") from None
+    with tar:
+        while True:
+            try:
+                info = tar.next()
+            except tarfile.ReadError as e:
+                raise DataError(f"{url}: corrupt tar ({e})") from None
+            if info is None:
+                break
+            if info.offset_data + info.size > n:
+                raise DataError(f"{url}: truncated tar member {info.name} "
+                                f"({n - info.offset_data} of {info.size} bytes)")
+            if info.isreg():
+                yield info.name, info.offset_data, info.size
+        # tarfile stops quietly at a zero block, at the end of the data and at a damaged header: only the first
+        # is the end of a whole archive
+        end = tar.offset
+    if archive_end and (end + 512 > n or any(bytes(data[end:end + 512]))):
+        raise DataError(f"{url}: truncated tar (no end-of-archive marker after byte {min(end, n)})")
+
+
+def _members(data, url: str, archive_end: bool = True):
+    """The members of a tar in memory, by the parser TAR_PARSER names."""
+    if TAR_PARSER == "tarfile":
+        return _tarfile_members(data, url, archive_end)
+    return _tar_members(data, url)
+
+
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -195,8 +271,6 @@ def _npy_layout(data: bytes, start: int, size: int, cache: dict):
     header = bytes(data[start:first + hlen])
     parsed = cache.get(header)
     if parsed is None:
-        import io
-
         try:
             f = io.BytesIO(header)
             version = np.lib.format.read_magic(f)
@@ -243,10 +317,11 @@ def decode_samples(data, url: str, sample_shape, dtype, count: int) -> DecodedSh
 
 def _decode_regular(data, url: str, sample_shape, dtype, expected: int, archive_end: bool = True) -> DecodedShard | None:
     """The fast path for shards laid out as ours are (each sample `<key>.cls` then `<key>.npy`, every sample the
-    same size): every header is checked at once with numpy, and the latents stay a strided view of `data`.
-    Returns None when the layout differs in any way; the general parser then decides. archive_end: `data` is a
-    whole shard (the end-of-archive blocks follow the samples), not a run of samples cut out of one."""
-    members = _tar_members(data, url)
+    same size): every header is checked (by numpy over all of them at once, or by tarfile), and the latents stay
+    a strided view of `data`. Returns None when the layout differs in any way; the general parser then decides.
+    archive_end: `data` is a whole shard (the end-of-archive blocks follow the samples), not a run of samples cut
+    out of one."""
+    members = _members(data, url, archive_end)
     try:
         (n1, s1, z1), (n2, s2, z2) = next(members), next(members)
     except (StopIteration, DataError):
@@ -267,20 +342,20 @@ def _decode_regular(data, url: str, sample_shape, dtype, expected: int, archive_
         return None
     rows = lambda at, width: np.lib.stride_tricks.as_strided(  # noqa: E731  (n, width) view, one row a sample
         buf[at:], shape=(n, width), strides=(period, 1), writeable=False)
-    hc, hn = rows(0, 512), rows(1024, 512)   # every .cls header and every .npy header, without copying
-    first_c, first_n = hc[0], hn[0]
-    same = lambda h, ref, a, b: (h[:, a:b] == ref[a:b]).all()  # noqa: E731
-    if not (same(hc, first_c, 257, 263) and same(hn, first_n, 257, 263)       # ustar magic
-            and same(hc, first_c, 156, 157) and same(hn, first_n, 156, 157)   # regular files
-            and same(hn, first_n, 124, 136)                                   # every .npy the same size
-            and same(hc, first_c, key_len, 100) and same(hn, first_n, key_len, 100)   # .cls / .npy, NUL padded
-            and (hc[:, :key_len] == hn[:, :key_len]).all()):                   # one key per pair
+    if TAR_PARSER == "tarfile":
+        try:
+            listed = _regular_by_tarfile(data, url, n, period, key_len, z2, archive_end)
+        except DataError:
+            return None   # the general parser says what is wrong
+    else:
+        listed = _regular_by_numpy(rows, key_len)
+    if listed is None:
         return None
+    keys, sizes = listed
     hdr_len = layout[2] - s2
     heads = rows(1536, hdr_len)
     if not (heads == heads[0]).all():
         return None
-    sizes = _octal(hc[:, 124:136])
     if (sizes < 1).any() or (sizes > 18).any():
         return None
     text = rows(512, int(sizes.max())).astype(np.int64) - 48
@@ -294,8 +369,46 @@ def _decode_regular(data, url: str, sample_shape, dtype, expected: int, archive_
     latents = rows(first, item).view(layout[0]).reshape(n, *sample_shape)
     if latents.dtype != dtype:
         latents = latents.astype(dtype)
-    keys = np.ascontiguousarray(hc[:, :key_len]).view(f"S{key_len}").ravel().astype(str)
     return DecodedShard(keys, latents, labels, np.ones(n, bool), [])
+
+
+def _regular_by_numpy(rows, key_len: int):
+    """(keys, .cls sizes) when every sample's two tar headers are laid out as ours are, checked at once with numpy
+    over the (n, 512) views of the headers; None when any differs."""
+    hc, hn = rows(0, 512), rows(1024, 512)   # every .cls header and every .npy header, without copying
+    first_c, first_n = hc[0], hn[0]
+    same = lambda h, ref, a, b: (h[:, a:b] == ref[a:b]).all()  # noqa: E731
+    if not (same(hc, first_c, 257, 263) and same(hn, first_n, 257, 263)       # ustar magic
+            and same(hc, first_c, 156, 157) and same(hn, first_n, 156, 157)   # regular files
+            and same(hn, first_n, 124, 136)                                   # every .npy the same size
+            and same(hc, first_c, key_len, 100) and same(hn, first_n, key_len, 100)   # .cls / .npy, NUL padded
+            and (hc[:, :key_len] == hn[:, :key_len]).all()):                   # one key per pair
+        return None
+    keys = np.ascontiguousarray(hc[:, :key_len]).view(f"S{key_len}").ravel().astype(str)
+    return keys, _octal(hc[:, 124:136])
+
+
+def _regular_by_tarfile(data, url: str, n: int, period: int, key_len: int, npy_size: int, archive_end: bool):
+    """_regular_by_numpy from tarfile's listing of every member: (keys, .cls sizes) when sample i is
+    `<key>.cls` at i * period then `<key>.npy` of npy_size bytes, keys of key_len characters; None otherwise."""
+    names, offsets, sizes = [], [], []
+    for name, offset, size in _tarfile_members(data, url, archive_end):
+        if len(names) == 2 * n:
+            return None
+        names.append(name)
+        offsets.append(offset)
+        sizes.append(size)
+    if len(names) != 2 * n:
+        return None
+    offsets, sizes = np.asarray(offsets), np.asarray(sizes)
+    starts = np.arange(n) * period
+    if not ((offsets[0::2] == starts + 512).all() and (offsets[1::2] == starts + 1536).all()
+            and (sizes[1::2] == npy_size).all()):
+        return None
+    keys = [c[:key_len] for c in names[0::2]]
+    if not all(c == k + ".cls" and p == k + ".npy" for k, c, p in zip(keys, names[0::2], names[1::2])):
+        return None
+    return np.asarray(keys, dtype=str), sizes[0::2]
 
 
 def decode_shard(data: bytes, url: str, sample_shape: tuple[int, ...], dtype, expected: int | None = None) -> DecodedShard:
@@ -325,7 +438,7 @@ def decode_shard(data: bytes, url: str, sample_shape: tuple[int, ...], dtype, ex
             why = "unreadable member" if not ok else ("no .npy" if not have_npy else "no .cls")
             corrupt.append(f"{cur_key}: {why}")
 
-    for name, start, size in _tar_members(data, url):
+    for name, start, size in _members(data, url):
         base = name.rsplit("/", 1)[-1]
         dot = base.find(".")
         key = name[: len(name) - len(base) + dot] if dot >= 0 else name

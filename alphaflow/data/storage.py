@@ -287,26 +287,22 @@ def read_range(url: str, start: int, end: int, total: int | None = None, out: me
     return out
 
 
+RECEIVE_STEP = 1 << 20   # bytes per read: each piece is copied while it is still in the CPU's cache
+
+
 def _receive(body, view: memoryview) -> int:
-    """A GET's body into `view`; returns the bytes received. Straight from the socket into the buffer through the
-    http.client response under botocore's urllib3 stream when it is there (their own readinto reads, then copies:
-    a copy of every byte more); else read() and copy."""
-    raw = getattr(body, "_raw_stream", None)
-    fp = getattr(raw, "_fp", None)
+    """A GET's body into `view`, through botocore's public StreamingBody.read(amt); returns the bytes received.
+    Every path botocore and urllib3 offer publicly reads into a new bytes object first (urllib3's readinto too),
+    so the pieces are kept small: the copy then runs in the cache, and the temporary is one malloc'd block reused
+    every call. Reading to the end lets urllib3 hand the connection back to its pool for the next GET."""
+    n = 0
     try:
-        if fp is None or not hasattr(fp, "readinto") or not hasattr(raw, "release_conn"):
-            data = body.read()
-            n = min(len(data), len(view))
-            view[:n] = data[:n]
-            return len(data)
-        n = 0
         while n < len(view):
-            k = fp.readinto(view[n:])
-            if not k:
+            piece = body.read(min(RECEIVE_STEP, len(view) - n))
+            if not piece:
                 break
-            n += k
-        if n == len(view):
-            raw.release_conn()   # fully read: the connection goes back to the pool for the next GET
+            view[n:n + len(piece)] = piece
+            n += len(piece)
         return n
     finally:
         body.close()
