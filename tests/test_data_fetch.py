@@ -4,6 +4,8 @@ ones that anything still views."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,14 @@ def local_set(tmp_path_factory):
     make_arrays(d / "src.npz")
     # ~100 samples a shard, so a window of 240 samples (2 ranks x 2 workers) starts and ends inside shards
     return prepare_arrays(str(d / "src.npz"), str(d / "out"), shard_size_mb=0.2, seed=3)
+
+
+def _settle(fetched: list, quiet_s: float = 0.3, limit_s: float = 10.0) -> None:
+    """Wait until no fetch has been added for quiet_s (a closed loader's background thread ends its last fetch)."""
+    deadline, n = time.time() + limit_s, -1
+    while len(fetched) != n and time.time() < deadline:
+        n = len(fetched)
+        time.sleep(quiet_s)
 
 
 def _count_fetches(monkeypatch) -> list[tuple[str, int, int]]:
@@ -65,6 +75,7 @@ def test_each_sample_is_fetched_once_per_epoch(local_set, monkeypatch):
         for _ in range(ld.batches_per_epoch):
             next(it)
         it.close()
+        _settle(fetched)  # the reader's prefetch thread may still be fetching: let it finish before the next rank
         # this slot's runs in epoch 0, from the plan; the reader may already have fetched the next epoch's first
         plan = SlotPlan([s.num_samples for s in m.shards], "exact", 4, rank, 2, 16)
         runs, have = [], 0
