@@ -7,9 +7,9 @@ raw sequential read of the same shard bytes; time to first batch. Target: reader
     .venv/bin/python benchmarks/data_throughput.py --synthetic-gb 1 --parsers hand tarfile   # tar parsers compared
 
 Raw = every shard read whole, in order, one at a time (local: open().read(); S3: one get_object per shard, drained).
-Reader = a fresh loader on rank 0 of 1 reading exact epochs, measured two ways: "reader" is `loader.raw_batches()`,
-the batches as they cross to the trainer's device (stored dtype, gathered and shuffled; a GPU then normalises them,
-so this is all a GPU node's CPU does); "CPU-normalised" iterates the loader on the CPU, each batch also widened to
+Reader = a fresh loader on rank 0 of 1 reading exact epochs, measured two ways: "reader" is
+`loader.raw_batches(copy=False)`, the batches as they cross to the trainer's device (stored dtype, gathered and
+shuffled; a GPU then normalises them, so this is all a GPU node's CPU does); "CPU-normalised" iterates the loader on the CPU, each batch also widened to
 float32 and normalised here, as a CPU-only trainer gets them. A row reads at least --min-gb through each after the
 reader's first epoch (small sets: several epochs, the raw read as many times): the reader is endless and a training
 run reads for hours, so the throughput columns are rates over that much data, sustained; the loader's start-up
@@ -79,7 +79,8 @@ def reader_read(url: str, batch: int, workers: int, epochs: int = 1, on: str = "
                                num_workers=workers, prefetch=4)
     n = loader.batches_per_epoch
     t = time.perf_counter()
-    it = loader.raw_batches() if on == "device" else iter(loader)
+    it = loader.raw_batches(copy=False) if on == "device" else iter(loader)   # each batch used at once, as
+                                                                               # iterating hands it to the device
     next(it)
     first = time.perf_counter() - t
     for _ in range(n - 1):

@@ -157,6 +157,16 @@ def test_worker_chunks_keep_coming_in_pooled_buffers(local_set, monkeypatch, raw
     assert len(kept) == 4 * ld.batches_per_epoch and len(chunks) > 8 and len(pooled) == len(chunks)
 
 
+def test_uncopied_raw_batches_are_the_batches_until_the_next_is_drawn(local_set):
+    """raw_batches(copy=False): with workers, views of the shared chunks, valid until the next batch is drawn."""
+    kw = dict(batch_size=16, rank=0, world_size=1, seed=2, mode="exact", num_workers=2)
+    views = make_train_loader(local_set, **kw).raw_batches(copy=False)
+    copies = make_train_loader(local_set, **kw).raw_batches()
+    for _ in range(40):
+        (x, y), (x2, y2) = next(views), next(copies)
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
 def test_receive_fills_the_view_piece_by_piece(monkeypatch):
     """A body (a real botocore StreamingBody, here over bytes) is read into the view in RECEIVE_STEP pieces; one
     that ends early returns what came (the caller then retries)."""

@@ -22,7 +22,8 @@ otherwise cost more than the batch itself. The trainer process splits the chunks
 its own stream counter, so chunk boundaries change nothing about order or resuming.
 
 Every batch the loader yields belongs to the caller, to keep as long as it likes: iterating copies each batch to
-the device and normalises it into a new tensor, raw_batches() copies it out of the chunk. A chunk's buffer goes
+the device and normalises it into a new tensor, raw_batches() copies it out of the chunk (raw_batches(copy=False)
+hands out the view instead, valid until the next batch is drawn). A chunk's buffer goes
 back to its worker once the trainer process has handed out all of its batches and been asked for the next one:
 the loader knows what it handed out, nothing depends on counting references.
 """
@@ -493,11 +494,14 @@ class TrainLoader:
                 x = self.normalize(x, slot, item["counter"])
                 yield x, item["y"].to(self.device, non_blocking=True)
 
-    def raw_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def raw_batches(self, copy: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The same batches (and position) as iterating, before the copy to the device and normalising: latents in
         the stored dtype and layout (a posterior's mean and log-variance channels), on the CPU. What a GPU node's
-        CPU does per batch."""
-        with contextlib.closing(self._items(own=True)) as items:
+        CPU does per batch. copy=False, for a consumer that uses each batch at once (moves it to a device, say):
+        with loader workers a batch is then a view of its worker's shared chunk, valid until the next batch is
+        drawn, as iterating uses it; that saves a copy of every batch (with 2 workers on 2 CPUs, ~25% of the
+        rate)."""
+        with contextlib.closing(self._items(own=copy)) as items:
             for item in items:
                 yield item.pop("x"), item["y"]
 
