@@ -53,7 +53,7 @@ def train_and_score(alpha_schedule):
     opt = torch.optim.Adam(model.parameters(), 3e-3, betas=(0.9, 0.99))
     lr_decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, STEPS)
     cfg = TrainConfig()
-    cfg.cfg = GuidanceConfig(label_dropout=0.0)
+    cfg.guidance = GuidanceConfig(label_dropout=0.0)
     cfg.time.sampler = "uniform"
     g, g_eval = torch.Generator().manual_seed(0), torch.Generator().manual_seed(99)
     data, noise = mixture(4000, g_eval), torch.randn(4000, 2, generator=g_eval)
