@@ -152,10 +152,10 @@ class TrainConfig(_Section):
 # --- dotted keys --------------------------------------------------------------------------------------------------
 
 
-def _error(e: ValidationError, prefix: str = "") -> ConfigError:
+def _error(e: ValidationError) -> ConfigError:
     """The first problem as one line naming the dotted key."""
     err = e.errors()[0]
-    key = prefix + ".".join(str(p) for p in err["loc"])
+    key = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].replace("Value error, ", "")
     if err["type"] == "extra_forbidden":
         return ConfigError(f"unknown key {key!r}")

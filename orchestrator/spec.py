@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 PRESET_KEY = "preset"  # a search-space key that picks the whole base config; every other key is a TrainConfig key
@@ -23,6 +23,20 @@ class SpecError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _no_password(url: str | None) -> str | None:
+    """A URL setting without a secret in it: the spec is frozen into MLflow and Ray's state, so a password there
+    would be stored in plain text. The servers' own mechanisms carry secrets instead."""
+    from urllib.parse import urlsplit
+
+    if url and "://" in url and urlsplit(url).password is not None:
+        raise ValueError("a password in the URL would be stored with the frozen spec; give it outside the spec "
+                         "(PostgreSQL: PGPASSWORD or ~/.pgpass; MLflow: MLFLOW_TRACKING_PASSWORD; S3: the AWS chain)")
+    return url
+
+
+NoSecretURL = Annotated[str | None, AfterValidator(_no_password)]
 
 
 # --- search-space distributions -------------------------------------------------------------------------------
@@ -129,7 +143,7 @@ Distribution = Annotated[Union[Uniform, LogUniform, IntRange, Choice, Fixed], Fi
 class DataSpec(_Strict):
     # a built-in data set prepared on first use under <run_dir>/data/<dataset>, or an existing manifest URL
     dataset: Literal["fashion-mnist", "digits"] | None = "fashion-mnist"
-    manifest: str | None = None
+    manifest: NoSecretURL = None
     order: Literal["resampled", "exact"] = Field("resampled", description="the sample order: resampled shards, "
                                                  "or each sample exactly once per epoch")
     loader_workers: int = Field(0, ge=0)
@@ -165,7 +179,10 @@ class TrainSpec(_Strict):
     eval_nstep: int = Field(0, ge=0, description="also score N Euler steps of u(z, t, t) as fid_v<N> (0: off)")
     checkpoint_every: int = Field(50, ge=1, description="steps between Ray Train checkpoints (no scoring), besides "
                                   "the one at every evaluation: what a restarted worker group resumes from")
-    max_failures: int = Field(2, ge=0, description="worker-group restarts per trial (Ray Train FailureConfig)")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts per trial (Ray Train FailureConfig), "
+                              "and restarts of a trial whose own process was lost with its node (Ray Tune)")
+    placement: Literal["PACK", "SPREAD"] = Field("PACK", description="a trial's workers on as few nodes as "
+                                                 "possible (PACK), or one per node where they fit (SPREAD)")
 
 
 class EarlyStoppingSpec(_Strict):
@@ -184,12 +201,14 @@ class SearchSpec(_Strict):
     metric: Literal["fid1", "fid2"] = "fid1"
     mode: Literal["min", "max"] = "min"
     space: dict[str, Distribution] = Field(default_factory=dict)
+    storage: NoSecretURL = Field(None, description="the Optuna study's database (an SQLAlchemy URL); default "
+                                "sqlite:///<run_dir>/optuna.db, postgresql://USER@HOST/DB for a lab")
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
 
 
 class TrackingSpec(_Strict):
-    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<run_dir>/mlflow.db")
+    uri: NoSecretURL = Field(None, description="MLflow tracking URI; default sqlite:///<run_dir>/mlflow.db")
     experiment: str = "afsweep"
     registered_model: str | None = Field(None, description="default afsweep-<dataset>")
     move_aliases: Literal["if_better", "always"] = Field(
@@ -197,8 +216,16 @@ class TrackingSpec(_Strict):
         "on the same extractor and N (if_better), or always")
 
 
+class RunSpec(_Strict):
+    storage: NoSecretURL = Field(None, description="where Ray Tune and Ray Train keep the sweep's state and "
+                                "checkpoints: a folder (default <run_dir>/ray) or a URI every node reaches "
+                                "(s3://bucket/prefix; credentials from the AWS chain)")
+
+
 class RaySpec(_Strict):
     address: str | None = Field(None, description="an existing cluster; default: start a local one")
+    shared_filesystem: bool = Field(False, description="every node of the cluster mounts the run dir (NFS): "
+                                    "local storage, sqlite stores and a local manifest are then allowed on it")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs of the local cluster")
     dashboard_port: int = 8265
 
@@ -211,6 +238,7 @@ class SweepSpec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    run: RunSpec = Field(default_factory=RunSpec)
     ray: RaySpec = Field(default_factory=RaySpec)
 
     @model_validator(mode="after")
@@ -328,10 +356,11 @@ def _check_method_keys(spec: SweepSpec, path: str) -> None:
     space = spec.search.space
     if PRESET_KEY in space and not isinstance(space[PRESET_KEY], (Choice, Fixed)):
         raise SpecError(f"{path}: search.space.preset: must be a choice or fixed list of preset names")
+    # each bound, with the other searched keys at typical values (a cross-field rule such as k_s <= k_e is judged
+    # against what the search would set, not against a base value the search replaces)
+    typical = {k: d.representative() for k, d in space.items() if _is_known(spec, k, d)}
     for key, dist in space.items():
-        # each bound, with the other searched keys at typical values (a cross-field rule such as k_s <= k_e is
-        # judged against what the search would set, not against a base value the search replaces)
-        others = {k: d.representative() for k, d in space.items() if k != key and _is_known(spec, k, d)}
+        others = {k: v for k, v in typical.items() if k != key}
         for bound, value in dist.extremes().items():
             try:
                 method_config(spec, {**others, key: value})

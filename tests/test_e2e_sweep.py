@@ -121,6 +121,37 @@ def test_best_cli_and_registered_generator(sweep):
     assert images.std() > 0
 
 
+def test_a_moved_run_dir_loads_its_own_models(sweep, tmp_path):
+    """Copy the run dir elsewhere and take the original away: the copy's store, `best` and the registered
+    generator work from the new place (the store's absolute artifact locations follow the move)."""
+    import shutil
+
+    res, run_dir = sweep
+    assert res.exit_code == 0, res.output
+    moved = tmp_path / "moved-runs"
+    shutil.copytree(run_dir, moved)
+    away = run_dir.with_name(run_dir.name + "-away")
+    run_dir.rename(away)  # nothing may still read the old place
+    try:
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "best", "--json", "--run-dir", str(moved)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        load = subprocess.run(
+            [sys.executable, "-c", "import sys, mlflow, pandas as pd; mlflow.set_tracking_uri(sys.argv[1]); "
+             "g = mlflow.pyfunc.load_model('models:/afsweep-fashion-mnist@best-fid1'); "
+             "import numpy as np; x = np.asarray(g.predict(pd.DataFrame({'class_label': [0, 1]}), params={'nfe': 1})); "
+             "assert x.shape == (2, 1, 28, 28), x.shape",
+             f"sqlite:///{moved / 'mlflow.db'}"], capture_output=True, text=True, timeout=300)
+        assert load.returncode == 0, load.stderr[-3000:]
+        client, _ = _client(moved)
+        exp = client.get_experiment_by_name("afsweep")
+        assert exp.artifact_location == (moved / "mlartifacts").resolve().as_uri()
+        for r in client.search_runs([exp.experiment_id], ""):
+            assert r.info.artifact_uri.startswith(moved.resolve().as_uri()), r.info.artifact_uri
+    finally:
+        away.rename(run_dir)
+
+
 DIVERGING_SPEC = """
 name: diverges
 data: {dataset: fashion-mnist}

@@ -143,7 +143,8 @@ def test_resume_after_driver_sigkill(tmp_path, fashion_manifest):
     spec = _spec(tmp_path, RESUME_SPEC.format(manifest=fashion_manifest))
     log = open(tmp_path / "launch.log", "w+")
     proc = subprocess.Popen(CLI + ["launch", str(spec), "--run-dir", str(run_dir)], stdout=log,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "AFSWEEP_HEARTBEAT_S": "2"})
     sweep, killed_after = None, None
     deadline = time.time() + 600
     try:
@@ -167,6 +168,15 @@ def test_resume_after_driver_sigkill(tmp_path, fashion_manifest):
         proc.wait()
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     assert killed_after, "the sweep never reached a completed trial: " + (tmp_path / "launch.log").read_text()[-3000:]
+
+    # the dead driver's sweep is not "RUNNING": it missed its heartbeats
+    status = ""
+    for _ in range(15):
+        time.sleep(2)
+        status = _cli(["status", sweep, "--run-dir", run_dir]).stdout
+        if "INTERRUPTED" in status:
+            break
+    assert f"sweep {sweep}: INTERRUPTED" in status, status
 
     res = _cli(["resume", sweep, "--run-dir", run_dir])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

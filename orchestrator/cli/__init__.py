@@ -31,11 +31,12 @@ class _Group(click.Group):
     def invoke(self, ctx):
         from alphaflow.config import ConfigError
         from orchestrator.sweep.driver import SweepError, SweepInputError
+        from orchestrator.sweep.places import PlaceError
         from orchestrator.tracking import TrackingError
 
         try:
             return super().invoke(ctx)
-        except (SpecError, ConfigError, SweepInputError) as e:
+        except (SpecError, ConfigError, SweepInputError, PlaceError) as e:
             click.echo(f"afsweep: error: {_one_line(e)}", err=True)
             sys.exit(2)
         except (SweepError, TrackingError) as e:
@@ -216,11 +217,15 @@ def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_nam
 @RUN_DIR_OPTION
 @click.option("--address", default=None, help="Connect to an existing Ray cluster instead of starting one.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: the spec's, then the run dir's.")
-def resume(sweep_name, run_dir, address, tracking_uri):
+@click.option("--storage", default=None,
+              help="The sweep's run.storage (where its state and frozen spec are); default: <run-dir>/ray.")
+@click.option("--optuna-storage", default=None, help="The Optuna study's database; default: the spec's search.storage.")
+def resume(sweep_name, run_dir, address, tracking_uri, storage, optuna_storage):
     """Finish SWEEP after its driver died: no trial lost, none run twice, no duplicate MLflow run."""
     from orchestrator.sweep.driver import resume as resume_sweep
 
-    outcome = resume_sweep(sweep_name, run_dir=run_dir, address=address, echo=click.echo, tracking_uri=tracking_uri)
+    outcome = resume_sweep(sweep_name, run_dir=run_dir, address=address, echo=click.echo, tracking_uri=tracking_uri,
+                           storage=storage, optuna_storage=optuna_storage)
     _print_outcome(outcome)
 
 
@@ -248,6 +253,8 @@ def status(sweep_name, experiment, tracking_uri, as_json, run_dir):
         return
     click.echo(f"sweep {sweep_name}: {rows['state']}, {len(rows['trials'])} trials "
                f"({', '.join(f'{v} {k}' for k, v in rows['counts'].items())})")
+    if rows["state"] == "INTERRUPTED":
+        click.echo(f"its driver stopped without finishing it: afsweep resume {sweep_name} (same --run-dir and URLs)")
     click.echo(f"{'trial':<28} {'state':<10} {'step':>6} {'fid1':>9} {'fid1_best':>9} {'wall_s':>8} {'cpu_s':>8}")
     for t in rows["trials"]:
         click.echo(f"{t['name']:<28} {t['state']:<10} {_fmt(t['step'], 0):>6} {_fmt(t['fid1']):>9} "

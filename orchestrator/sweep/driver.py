@@ -13,11 +13,13 @@ import yaml
 
 from alphaflow.errors import first_line
 from orchestrator import tracking
-from orchestrator.spec import SweepSpec
+from orchestrator.spec import PRESET_KEY, SweepSpec
+from orchestrator.sweep.places import (SPEC_COPY, check_optuna_storage, check_storage, credentials_out_of_ray_env,
+                                       hide_secret, read_text, refuse_local_parts_on_a_cluster, resolve_places,
+                                       write_text)
 from orchestrator.trial.config import SweepContext, domain_extractor, method_config
 
 DEFAULT_RUN_DIR = Path("afsweep-runs")
-SPEC_COPY = "afsweep_spec.yaml"
 
 
 class SweepError(RuntimeError):
@@ -98,7 +100,7 @@ def extreme_configs(spec: SweepSpec) -> list:
     from alphaflow.config import ConfigError
 
     space = spec.search.space
-    keys = [k for k in ("preset", *_LENGTH_KEYS) if k in space]
+    keys = [k for k in (PRESET_KEY, *_LENGTH_KEYS) if k in space]
     out = []
     for values in itertools.product(*[list(space[k].extremes().values()) for k in keys]):
         try:
@@ -165,6 +167,7 @@ def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
     # checkpoint-only reports (train.checkpoint_every) carry no fid1: ASHA and our searcher skip them, and Tune must
     # not refuse them as results "without the metric"
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    credentials_out_of_ray_env()  # before any Ray process starts: Tune would copy them into its logs
     if ray.is_initialized():
         return None
     address = address or spec.ray.address
@@ -194,24 +197,29 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
            echo=print, sweep_name: str | None = None) -> SweepOutcome:
     import time
 
-    import ray
     from ray import tune
 
     from alphaflow.data import read_manifest
     from orchestrator.sweep.search import make_scheduler, make_searcher
-    from orchestrator.trial.trainable import SETTINGS_KEY, MlflowTrialCloser, run_trial
+    from orchestrator.trial.trainable import SETTINGS_KEY, DriverHeartbeat, MlflowTrialCloser, run_trial
 
     t0 = time.time()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    places = resolve_places(run_dir, spec.run.storage, spec.search.storage, spec.tracking.uri)
     cfg = base_train_config(spec)
     manifest_url = ensure_data(spec, run_dir, echo)  # bad data fails here, before anything is written to MLflow
-    tracking_uri = tracking.resolve_tracking_uri(spec.tracking.uri, run_dir)
+    check_storage(places.storage)
+    check_optuna_storage(places.optuna_url)
+    tracking_uri = places.tracking_uri
     client = tracking.client_for(tracking_uri)  # fail before any work if MLflow is unusable
-    experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment, run_dir / "mlartifacts")
     manifest = read_manifest(manifest_url)
     if not manifest.fid_reference:
         raise SweepError(f"{manifest_url}: no FID reference statistics recorded (re-run afsweep data prepare)")
+    dashboard_url = start_ray(spec, address, echo)
+    if address or spec.ray.address:
+        refuse_local_parts_on_a_cluster(places, manifest_url, spec.ray.shared_filesystem)
+    experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment, run_dir / "mlartifacts")
     extractor = domain_extractor(manifest.dataset_id)
     grace = grace_period(spec, echo)
     model_name = registered_model_name(spec, manifest)
@@ -223,20 +231,22 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         params={"spec_name": spec.name, "num_trials": spec.search.num_trials, "algorithm": spec.search.algorithm,
                 "workers_per_trial": spec.train.workers, "total_steps": cfg.total_steps, "grace_period": grace,
                 "manifest": manifest_url, "dataset": manifest.dataset_id, "registered_model": model_name,
-                "swept": ",".join(spec.search.space)},
+                "swept": ",".join(spec.search.space), "storage": places.storage,
+                "optuna_storage": hide_secret(places.optuna_url)},
     )
     client.log_text(parent_run_id, spec_text, "spec_source.yaml")
     echo(f"afsweep: sweep {sweep_name}: {spec.search.num_trials} trials x {spec.train.workers} workers, "
          f"{cfg.total_steps} steps each, ASHA rungs from step {grace}")
-    echo(f"afsweep: MLflow parent run {parent_run_id} in experiment '{spec.tracking.experiment}' at {tracking_uri}")
-
-    dashboard_url = start_ray(spec, address, echo)
+    echo(f"afsweep: MLflow parent run {parent_run_id} in experiment '{spec.tracking.experiment}' at "
+         f"{hide_secret(tracking_uri)}")
+    echo(f"afsweep: sweep state and checkpoints in {places.sweep_dir(sweep_name)}, Optuna study in "
+         f"{hide_secret(places.optuna_url)}")
     if dashboard_url:
         echo(dashboard_line(dashboard_url))
 
     sweep = SweepContext(sweep_name=sweep_name, parent_run_id=parent_run_id, experiment_id=experiment_id,
                          tracking_uri=tracking_uri, manifest=manifest_url, extractor=extractor,
-                         train_storage=str(run_dir / "ray" / sweep_name / "train"))
+                         train_storage=places.train_storage(sweep_name))
     settings = {"spec": spec.model_dump(mode="json"), "sweep": sweep.model_dump()}
     metric, mode = spec.search.metric, spec.search.mode
     scheduler = make_scheduler(spec, max_total_steps(spec), grace)
@@ -247,27 +257,35 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         param_space={SETTINGS_KEY: settings},
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec, study_name=sweep_name,
-                                     storage_url=f"sqlite:///{run_dir / 'optuna.db'}"),
+                                     storage_url=places.optuna_url),
             scheduler=scheduler,
             num_samples=spec.search.num_trials,
             max_concurrent_trials=spec.search.max_concurrent,
         ),
         run_config=tune.RunConfig(
             name=sweep_name,
-            storage_path=str(run_dir / "ray"),
-            callbacks=[MlflowTrialCloser(tracking_uri, experiment_id, sweep_name)],
+            storage_path=places.storage,
+            callbacks=[MlflowTrialCloser(tracking_uri, experiment_id, sweep_name),
+                       DriverHeartbeat(tracking_uri, parent_run_id)],
             progress_reporter=_reporter(spec),
+            # the trial's own process lost with its node: the trial restarts (same id, same Optuna trial, same
+            # MLflow run) and its Train run resumes from the latest checkpoint in the storage
+            failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
             verbose=1,
         ),
     )
-    sweep_dir = run_dir / "ray" / sweep_name
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / SPEC_COPY).write_text(frozen)  # what `afsweep resume` rebuilds the sweep from
+    write_text(places.spec_copy(sweep_name), frozen)  # what `afsweep resume` rebuilds the sweep from
     grid = _fit(tuner, client, parent_run_id)
     outcome = _finish(client, spec, sweep_name, parent_run_id, tracking_uri, experiment_id, grid, manifest, t0)
     outcome.dashboard_url = dashboard_url
-    ray.shutdown()
+    _shutdown_ray()
     return outcome
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
 
 
 def _fit(tuner, client, parent_run_id: str):
@@ -285,12 +303,13 @@ def _fit(tuner, client, parent_run_id: str):
 
 
 def resume(sweep_name: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None = None, echo=print,
-           tracking_uri: str | None = None) -> SweepOutcome:
+           tracking_uri: str | None = None, storage: str | None = None, optuna_storage: str | None = None
+           ) -> SweepOutcome:
     """Finish a sweep whose driver died: Tune restores its trials and the Optuna searcher; trials find their own
-    Train runs (deterministic names) and MLflow child runs (tagged by trial id), so nothing runs or logs twice."""
+    Train runs (deterministic names) and MLflow child runs (tagged by trial id), so nothing runs or logs twice.
+    From another machine: the same storage (where the frozen spec is), and the spec's or the given URLs."""
     import time
 
-    import ray
     from ray import tune
 
     from alphaflow.data import read_manifest
@@ -299,32 +318,37 @@ def resume(sweep_name: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None
 
     t0 = time.time()
     run_dir = Path(run_dir).resolve()
-    sweep_dir = run_dir / "ray" / sweep_name
-    if not (sweep_dir / SPEC_COPY).exists() or not tune.Tuner.can_restore(str(sweep_dir)):
-        raise SweepError(f"{sweep_dir}: no sweep to resume there (launch writes it; check --run-dir and the name)")
-    spec = parse_spec(yaml.safe_load((sweep_dir / SPEC_COPY).read_text()), str(sweep_dir / SPEC_COPY))
-    uri = tracking.resolve_tracking_uri(tracking_uri or spec.tracking.uri, run_dir)
+    where = resolve_places(run_dir, storage, None, None)
+    text = read_text(where.spec_copy(sweep_name))
+    if text is None or not tune.Tuner.can_restore(where.sweep_dir(sweep_name)):
+        raise SweepError(f"{where.sweep_dir(sweep_name)}: no sweep to resume there (launch writes it; check "
+                         f"--run-dir, --storage and the name)")
+    spec = parse_spec(yaml.safe_load(text), where.spec_copy(sweep_name))
+    places = resolve_places(run_dir, storage or spec.run.storage, optuna_storage or spec.search.storage,
+                            tracking_uri or spec.tracking.uri)
+    check_optuna_storage(places.optuna_url)
+    uri = places.tracking_uri
     client = tracking.client_for(uri)
     experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment, run_dir / "mlartifacts")
     parent_run_id = tracking.find_sweep_run(client, experiment_id, sweep_name)
     if parent_run_id is None:
-        raise SweepError(f"MLflow at {uri}: no parent run for sweep {sweep_name}")
-    client.update_run(parent_run_id, status="RUNNING")
+        raise SweepError(f"MLflow at {hide_secret(uri)}: no parent run for sweep {sweep_name}")
     manifest = read_manifest(ensure_data(spec, run_dir, echo))
     dashboard_url = start_ray(spec, address, echo)
+    client.update_run(parent_run_id, status="RUNNING")
     if dashboard_url:
         echo(dashboard_line(dashboard_url))
-    echo(f"afsweep: resuming sweep {sweep_name} from {sweep_dir}")
-    tuner = tune.Tuner.restore(str(sweep_dir), trainable=tune.with_resources(run_trial, {"cpu": 1}),
+    echo(f"afsweep: resuming sweep {sweep_name} from {places.sweep_dir(sweep_name)}")
+    tuner = tune.Tuner.restore(places.sweep_dir(sweep_name), trainable=tune.with_resources(run_trial, {"cpu": 1}),
                                resume_unfinished=True, resume_errored=True)
     grid = _fit(tuner, client, parent_run_id)
-    lost = reconcile_lost_trials(client, experiment_id, sweep_name, grid, f"sqlite:///{run_dir / 'optuna.db'}")
+    lost = reconcile_lost_trials(client, experiment_id, sweep_name, grid, places.optuna_url)
     if lost:
         echo(f"afsweep: {len(lost)} trial(s) started just before the driver died were not in its last snapshot; "
              f"their MLflow runs are marked lost and deleted, new trials took their place: {', '.join(lost)}")
     outcome = _finish(client, spec, sweep_name, parent_run_id, uri, experiment_id, grid, manifest, t0)
     outcome.dashboard_url = dashboard_url
-    ray.shutdown()
+    _shutdown_ray()
     return outcome
 
 

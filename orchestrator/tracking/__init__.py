@@ -45,8 +45,47 @@ def resolve_tracking_uri(explicit: str | None, run_dir: Path) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(run_dir)
 
 
+RUN_DIR_ARTIFACTS = "mlartifacts"  # the artifact root of a run dir's own store, beside its mlflow.db
+
+# the columns of MLflow's SQL store that hold artifact locations (absolute file:// URIs for a local store)
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("model_versions", "source"), ("model_versions", "storage_location"),
+                     ("logged_models", "artifact_location"))
+
+
+def follow_moved_run_dir(uri: str) -> int:
+    """A run dir's sqlite store records its artifacts as absolute file:// URIs, so a copied or moved run dir would
+    point at the old place and fail to load its own models. When the store sits in a run dir (mlflow.db beside
+    mlartifacts/) and its locations name another root, rewrite them to this one. Returns the rows changed.
+    MLflow has no API for moving an artifact root; this is the one place that writes its tables directly."""
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return 0
+    db = Path(uri[len("sqlite:///"):])
+    here = db.parent / RUN_DIR_ARTIFACTS
+    if not (db.is_file() and here.is_dir()):
+        return 0
+    with sqlite3.connect(db) as con:
+        roots = [r[0] for r in con.execute("SELECT artifact_location FROM experiments WHERE artifact_location "
+                                           "LIKE ?", (f"file://%/{RUN_DIR_ARTIFACTS}",))]
+        old = next((r for r in roots if r != here.resolve().as_uri()), None)
+        if old is None:
+            return 0
+        new = here.resolve().as_uri()
+        changed = 0
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column in _LOCATION_COLUMNS:
+            if table in tables:
+                cur = con.execute(f"UPDATE {table} SET {column} = REPLACE({column}, ?, ?) WHERE {column} LIKE ?",
+                                  (old, new, f"%{old}%"))
+                changed += cur.rowcount
+    return changed
+
+
 def client_for(uri: str) -> MlflowClient:
     """A client that has answered once: an unreachable server or a broken store is one TrackingError line."""
+    follow_moved_run_dir(uri)
     # keep a dead server from stalling for minutes in MLflow's retry loop
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -203,6 +242,25 @@ def best_trials(client: MlflowClient, experiment_id: str, metric: str, sweep: st
     return out
 
 
+HEARTBEAT_TAG = "afsweep.driver_seen"  # "<unix time> <interval s>", refreshed by the running driver
+
+
+def heartbeat_interval() -> float:
+    return float(os.environ.get("AFSWEEP_HEARTBEAT_S", "30"))
+
+
+def sweep_state(parent_run) -> str:
+    """The parent run's status; a RUNNING sweep whose driver missed four heartbeats is `INTERRUPTED` (its driver
+    died: `afsweep resume` finishes it)."""
+    import time
+
+    status = parent_run.info.status
+    seen = parent_run.data.tags.get(HEARTBEAT_TAG, "").split()
+    if status == "RUNNING" and len(seen) == 2 and time.time() - float(seen[0]) > 4 * float(seen[1]):
+        return "INTERRUPTED"
+    return status
+
+
 def sweep_status(client: MlflowClient, experiment_id: str, sweep: str | None) -> dict | None:
     """A sweep's trials, states, best so far and cost, from MLflow alone (works while the sweep runs)."""
     parent = find_sweep_run(client, experiment_id, sweep) if sweep else None
@@ -220,7 +278,7 @@ def sweep_status(client: MlflowClient, experiment_id: str, sweep: str | None) ->
                        "wall_s": m.get("wall_s"), "cpu_s": m.get("cpu_s"), "gpu_s": m.get("gpu_s")})
     scored = [t for t in trials if t["fid1_best"] is not None]
     best = min(scored, key=lambda t: t["fid1_best"]) if scored else None
-    return {"sweep": sweep, "state": client.get_run(parent).info.status, "trials": trials, "counts": counts,
+    return {"sweep": sweep, "state": sweep_state(client.get_run(parent)), "trials": trials, "counts": counts,
             "best": best, "total_wall_s": sum(t["wall_s"] or 0 for t in trials),
             "total_cpu_s": sum(t["cpu_s"] or 0 for t in trials),
             "total_gpu_s": sum(t["gpu_s"] or 0 for t in trials)}

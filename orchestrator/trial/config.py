@@ -8,12 +8,12 @@ The object crosses Ray Tune and Ray Train as `model_dump()` and is rebuilt in th
 from __future__ import annotations
 
 import zlib
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from alphaflow.config import TrainConfig, apply_overrides
-from orchestrator.spec import PRESET_KEY, SweepSpec
+from orchestrator.spec import PRESET_KEY, DataSpec, SweepSpec, TrainSpec
 
 # feature extractor of the sweep's fid1/fid2 per built-in data set (others: the Fashion-MNIST CNN)
 DOMAIN_EXTRACTOR = {"fashion-mnist": "fashion-mnist-cnn", "digits": "digits-cnn"}
@@ -34,46 +34,16 @@ class SweepContext(_Strict):
     train_storage: str
 
 
-class DataSettings(_Strict):
-    manifest: str | None
-    order: Literal["resampled", "exact"]
-    loader_workers: int
-    on_corrupt: Literal["raise", "skip"]
-    verify: Literal["size", "sha256"]
-    cache_dir: str | None
-
-
-class RunSettings(_Strict):
-    workers: int
-    use_gpu: bool
-    cpus_per_worker: float
-    threads_per_worker: int
-    log_every: int
-    eval_every: int
-    eval_samples: int
-    eval_nstep: int
-    checkpoint_every: int
-    max_failures: int
-    eval_at_start: bool = True
-    extractor: str
-    train_storage: str | None
-
-
-class TrackingSettings(_Strict):
-    uri: str | None
-    experiment_id: str | None
-    parent_run_id: str | None
-    sweep_name: str | None
-    run_id: str | None = None          # the trial's child run, set once it exists
-
-
 class TrialConfig(_Strict):
+    """The method config of one trial beside the spec's own data and train sections (not copies of their keys) and,
+    in a sweep, the sweep's context and the trial's MLflow run."""
     method: TrainConfig
     preset: str
     searched: dict[str, Any] = Field(default_factory=dict)
-    data: DataSettings
-    run: RunSettings
-    tracking: TrackingSettings
+    data: DataSpec
+    train: TrainSpec
+    sweep: SweepContext | None = None
+    run_id: str | None = None          # the trial's child run, set once it exists
 
 
 def method_config(spec: SweepSpec, params: dict[str, Any], trial_number: int | None = None) -> TrainConfig:
@@ -90,25 +60,9 @@ def method_config(spec: SweepSpec, params: dict[str, Any], trial_number: int | N
 
 def build_trial_config(spec: SweepSpec, params: dict[str, Any], sweep: SweepContext | None = None,
                        trial_number: int | None = None) -> TrialConfig:
-    d, t = spec.data, spec.train
-    return TrialConfig(
-        method=method_config(spec, params, trial_number),
-        preset=str(params.get(PRESET_KEY, spec.base.preset)),
-        searched=dict(params),
-        data=DataSettings(manifest=sweep.manifest if sweep else d.manifest, order=d.order,
-                          loader_workers=d.loader_workers, on_corrupt=d.on_corrupt, verify=d.verify,
-                          cache_dir=d.cache_dir),
-        run=RunSettings(workers=t.workers, use_gpu=t.use_gpu, cpus_per_worker=t.cpus_per_worker,
-                        threads_per_worker=t.threads_per_worker, log_every=t.log_every, eval_every=t.eval_every,
-                        eval_samples=t.eval_samples, eval_nstep=t.eval_nstep,
-                        checkpoint_every=t.checkpoint_every, max_failures=t.max_failures,
-                        extractor=sweep.extractor if sweep else domain_extractor(d.dataset),
-                        train_storage=sweep.train_storage if sweep else None),
-        tracking=TrackingSettings(uri=sweep.tracking_uri if sweep else spec.tracking.uri,
-                                  experiment_id=sweep.experiment_id if sweep else None,
-                                  parent_run_id=sweep.parent_run_id if sweep else None,
-                                  sweep_name=sweep.sweep_name if sweep else None),
-    )
+    return TrialConfig(method=method_config(spec, params, trial_number),
+                       preset=str(params.get(PRESET_KEY, spec.base.preset)), searched=dict(params),
+                       data=spec.data, train=spec.train, sweep=sweep)
 
 
 def domain_extractor(dataset_id: str | None) -> str:

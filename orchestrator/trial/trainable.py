@@ -11,6 +11,7 @@ from ray import tune
 from orchestrator import tracking
 
 SETTINGS_KEY = "afsweep"  # the trial config's static part; every other key is a searched method parameter
+DIVERGED_TAG = "afsweep.error"  # where the worker records the non-finite loss line
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +39,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from alphaflow.config import flatten
     from orchestrator.spec import SweepSpec
     from orchestrator.trial.config import SweepContext, build_trial_config, trial_number
-    from orchestrator.trial.worker import train_loop
+    from orchestrator.trial.worker import DIVERGED_KEY, train_loop
 
     settings = config[SETTINGS_KEY]
     ctx = tune.get_context()
@@ -49,21 +50,25 @@ def run_trial(config: dict[str, Any]) -> None:
     trial = build_trial_config(spec, params, sweep, trial_number=trial_number(trial_id))
 
     client = tracking.client_for(sweep.tracking_uri)
-    trial.tracking.run_id = tracking.get_or_create_trial_run(
+    trial.run_id = tracking.get_or_create_trial_run(
         client, sweep.experiment_id, sweep.parent_run_id, sweep.sweep_name, trial_id, trial_name,
         params={**flatten(trial.method), "preset": trial.preset, "swept": ",".join(sorted(params)),
-                tracking.EXTRACTOR_PARAM: trial.run.extractor, tracking.EVAL_N_PARAM: trial.run.eval_samples},
+                tracking.EXTRACTOR_PARAM: sweep.extractor, tracking.EVAL_N_PARAM: trial.train.eval_samples},
     )
-    run = trial.run
+    diverged = client.get_run(trial.run_id).data.tags.get(DIVERGED_TAG, "")
+    if diverged.startswith("non-finite loss"):  # a restart (Tune's, or resume) of a trial that diverged
+        raise TrialDivergedError(diverged)
+    run = trial.train
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=trial.model_dump(mode="json"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=run.workers, use_gpu=run.use_gpu, resources_per_worker={"CPU": run.cpus_per_worker},
+            placement_strategy=run.placement,
         ),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",  # deterministic: a resumed trial finds its own Train run
-            storage_path=run.train_storage,
+            storage_path=sweep.train_storage,
             callbacks=[TuneReportCallback()],
             # a lost worker (process or node) restarts the group from the latest checkpoint on what remains
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
@@ -73,7 +78,14 @@ def run_trial(config: dict[str, Any]) -> None:
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    trainer.fit()
+    result = trainer.fit()
+    diverged = (result.metrics or {}).get(DIVERGED_KEY)
+    if diverged:  # the trial ends in error, once (Ray Train did not retry it)
+        raise TrialDivergedError(diverged)
+
+
+class TrialDivergedError(RuntimeError):
+    """The trial's loss went non-finite: the message is the worker's one line."""
 
 
 class MlflowTrialCloser(tune.Callback):
@@ -119,3 +131,32 @@ def _last_error_line(text: str) -> str:
         if "Error" in ln or "error" in ln:
             return ln
     return lines[-1] if lines else "unknown error"
+
+
+class DriverHeartbeat(tune.Callback):
+    """Refreshes the parent run's heartbeat tag while the driver runs, so `afsweep status` can tell a running sweep
+    from one whose driver died (its MLflow status stays RUNNING until `afsweep resume`)."""
+
+    def __init__(self, tracking_uri: str, parent_run_id: str):
+        self.tracking_uri = tracking_uri
+        self.parent_run_id = parent_run_id
+        self._last = 0.0
+
+    def beat(self) -> None:
+        import time
+
+        interval = tracking.heartbeat_interval()
+        if time.time() - self._last < interval:
+            return
+        self._last = time.time()
+        try:
+            tracking.client_for(self.tracking_uri).set_tag(self.parent_run_id, tracking.HEARTBEAT_TAG,
+                                                           f"{self._last:.0f} {interval:g}")
+        except Exception as e:  # a tracking outage must not stop the sweep; the next beat tries again
+            print(f"afsweep: heartbeat not recorded: {e}")
+
+    def setup(self, **info):
+        self.beat()
+
+    def on_step_end(self, iteration, trials, **info):
+        self.beat()

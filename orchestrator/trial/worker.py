@@ -31,9 +31,12 @@ class RunLogger:
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id = run_id
+        history = {key: self.client.get_metric_history(run_id, key) for key in COST_KEYS}
+        # the cost earlier attempts (a restart, a resume) logged: the largest of each running total
+        self.spent_before = {key: max((m.value for m in h), default=0.0) for key, h in history.items()}
         # a restarted attempt redoes the steps after its checkpoint: what an earlier attempt logged is not logged
         # again (every log and evaluation step logs wall_s)
-        self.logged_until = max((m.step for m in self.client.get_metric_history(run_id, "wall_s")), default=-1)
+        self.logged_until = max((m.step for m in history["wall_s"]), default=-1)
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -50,11 +53,6 @@ class RunLogger:
 
     def tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
-
-    def spent_before(self) -> dict[str, float]:
-        """The cost a trial logged in earlier attempts (a restart, a resume): the largest of each running total."""
-        return {key: max((m.value for m in self.client.get_metric_history(self.run_id, key)), default=0.0)
-                for key in COST_KEYS}
 
 
 class CostClock:
@@ -104,7 +102,7 @@ class Evaluator:
         from alphaflow.metrics import ReferenceStats, load_extractor
 
         self.trainer, self.manifest, self.trial, self.log = trainer, manifest, trial, log
-        self.extractor = load_extractor(trial.run.extractor)
+        self.extractor = load_extractor(trial.sweep.extractor)
         # this node's own copy (an S3 manifest's statistics are cached locally by read_manifest on each node)
         self.reference = ReferenceStats.load(manifest.fid_reference)
         self.decode = LatentDecoder.of(manifest)
@@ -117,7 +115,7 @@ class Evaluator:
         from alphaflow.evaluation import score_sampler
 
         m, _, _ = score_sampler(sample_fn, self.decode, tuple(self.manifest.image_shape), self.manifest.num_classes,
-                                self.extractor, self.reference, self.trial.run.eval_samples)
+                                self.extractor, self.reference, self.trial.train.eval_samples)
         return m["fid"]
 
     def scores(self):
@@ -129,13 +127,13 @@ class Evaluator:
         result = evaluate_generator(
             sample_fn=lambda z, y, nfe: trainer.sample(z, y, nfe=nfe, ema=True), decode_fn=self.decode,
             image_shape=tuple(self.manifest.image_shape), num_classes=self.manifest.num_classes,
-            extractor=self.extractor, reference=self.reference, n=self.trial.run.eval_samples,
+            extractor=self.extractor, reference=self.reference, n=self.trial.train.eval_samples,
             two_nfe_name=cfg.sampling.two_nfe)
         m = dict(result.metrics)
         for hl in cfg.ema.extra_half_lives:
             m[f"fid1_ema{hl:g}"] = self._score(lambda z, y, hl=hl: trainer.sample(z, y, nfe=1, half_life=hl))
-        if self.trial.run.eval_nstep > 0:
-            n = self.trial.run.eval_nstep
+        if self.trial.train.eval_nstep > 0:
+            n = self.trial.train.eval_nstep
             m[f"fid_v{n}"] = self._score(lambda z, y: trainer.sample_velocity(z, y, steps=n))
         return m, result
 
@@ -196,6 +194,25 @@ def _report(step: int, total: int, evaluator: Evaluator | None, cost, means, pos
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # report() has copied it into the run's storage
 
 
+DIVERGED_KEY = "diverged"  # the last report of a trial whose loss went non-finite: the error line
+DIVERGED_FILE = "diverged.txt"  # ... and its checkpoint, which holds only that line
+
+
+def _report_divergence(message: str, step: int, total: int, rank0: bool) -> None:
+    """The trial's last report: the error line, in a checkpoint of its own so the trial function reads it from
+    the Train result (Ray Train's result carries the metrics of the latest checkpoint)."""
+    import ray.train
+
+    metrics = {"step": step, "total_steps": total, DIVERGED_KEY: message}
+    if not rank0:
+        ray.train.report(metrics)
+        return
+    folder = tempfile.mkdtemp(prefix="afsweep-diverged-")
+    (Path(folder) / DIVERGED_FILE).write_text(message)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -207,39 +224,42 @@ def train_loop(config: dict[str, Any]) -> None:
 
     quiet_train_report_lines()
     trial = TrialConfig.model_validate(config)
-    cfg, run = trial.method, trial.run
-    torch.set_num_threads(run.threads_per_worker)
+    cfg, train = trial.method, trial.train
+    torch.set_num_threads(train.threads_per_worker)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    manifest = read_manifest(trial.data.manifest)
+    manifest = read_manifest(trial.sweep.manifest)
     # the GPU Ray Train gave this worker (use_gpu: true), else the CPU
     trainer = Trainer(cfg, image_shape=tuple(manifest.image_shape), num_classes=manifest.num_classes,
                       device=str(ray.train.torch.get_device()))
-    log = RunLogger(trial.tracking.uri, trial.tracking.run_id) if rank == 0 else None
+    log = RunLogger(trial.sweep.tracking_uri, trial.run_id) if rank == 0 else None
     evaluator = Evaluator(trainer, manifest, trial, log) if rank == 0 else None
 
     position = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:  # a restarted trial continues from its last report
         with ckpt.as_directory() as d:
+            if (Path(d) / DIVERGED_FILE).exists():  # a resumed trial that had diverged: it ends the same way
+                _report_divergence((Path(d) / DIVERGED_FILE).read_text(), 0, cfg.total_steps, rank == 0)
+                return
             extra = trainer.load_checkpoint(str(Path(d) / CHECKPOINT_FILE))
         if evaluator is not None:
             evaluator.best.update(extra.get("best", {}))
         position = extra.get("position")
 
     d = trial.data
-    loader = make_train_loader(d.manifest, batch_size=max(1, cfg.batch_size // world), rank=rank, world_size=world,
-                               seed=cfg.seed, mode=d.order, num_workers=d.loader_workers, position=position,
+    loader = make_train_loader(trial.sweep.manifest, batch_size=max(1, cfg.batch_size // world), rank=rank,
+                               world_size=world, seed=cfg.seed, mode=d.order, num_workers=d.loader_workers, position=position,
                                on_corrupt=d.on_corrupt, verify=d.verify, cache_dir=d.cache_dir,
                                device=trainer.device)
-    clock = CostClock(world, log.spent_before() if log else dict.fromkeys(COST_KEYS, 0.0))
+    clock = CostClock(world, log.spent_before if log else dict.fromkeys(COST_KEYS, 0.0))
     means = RunningMeans()
     total = cfg.total_steps
 
     def report(step: int, score: bool = True) -> None:
         _report(step, total, evaluator, clock.totals(), means.means(), loader.position(), score)
 
-    if trainer.step == 0 and run.eval_at_start:
+    if trainer.step == 0:
         report(0)  # the untrained model's score, the baseline every trial is compared with
     batches = iter(loader)
     while trainer.step < total:
@@ -247,18 +267,21 @@ def train_loop(config: dict[str, Any]) -> None:
         try:
             means.add(trainer.train_step(x, y))
         except NonFiniteLossError as e:
+            # every rank sees the same all-reduced loss and stops here together. Not raised: Ray Train would
+            # restart the worker group from its checkpoint and diverge again; the trial fails once, clearly.
             if log:
                 log.tag("afsweep.error", str(e))
-            raise
+            _report_divergence(str(e), trainer.step, total, rank == 0)
+            return
         step = trainer.step
-        evaluating = step % run.eval_every == 0 or step == total
-        if log and step % run.log_every == 0 and not evaluating:  # an evaluation logs the means itself
+        evaluating = step % train.eval_every == 0 or step == total
+        if log and step % train.log_every == 0 and not evaluating:  # an evaluation logs the means itself
             log.metrics({**means.means(), **clock.totals()}, step)
         if evaluating:
             report(step)
             means.reset()
             continue
-        if step % run.checkpoint_every == 0:
+        if step % train.checkpoint_every == 0:
             report(step, score=False)
-        if step % run.log_every == 0:
+        if step % train.log_every == 0:
             means.reset()
