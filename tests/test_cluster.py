@@ -41,8 +41,8 @@ run: {{storage: "{storage}"}}
 """
 
 
-def _rest(uri: str, path: str, **query) -> dict:
-    url = f"{uri}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+def _rest(uri: str, endpoint: str, **query) -> dict:
+    url = f"{uri}/api/2.0/mlflow/{endpoint}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
     with urllib.request.urlopen(url, timeout=30) as r:
         return json.loads(r.read())
 
@@ -59,9 +59,10 @@ def _ray_list(kind: str, address: str, *filters: str) -> list[dict]:
     for f in filters:
         cmd += ["--filter", f]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "token"})
-    if out.returncode != 0:
+    start = out.stdout.find("[")  # no match prints a notice instead of a list
+    if out.returncode != 0 or start < 0:
         return []
-    return json.loads(out.stdout or "[]")
+    return json.loads(out.stdout[start:])
 
 
 def _trial_runs(uri: str, experiment_id: str) -> list[dict]:
@@ -106,6 +107,16 @@ def test_a_two_node_sweep_on_the_lab_stack_survives_a_lost_node(tmp_path, s3_ser
     with postgres_server() as pg, \
             mlflow_lab_server(tmp_path, pg, s3, f"s3://{s3_server.bucket}/mlflow-{tag}") as (uri, _), \
             ray_cluster(tmp_path, [("head", 3), ("b", 2)], env=s3) as cluster:
+        # the run dir's local defaults cannot serve two nodes: refused before anything is written, saying what to set
+        local = tmp_path / "local.yaml"
+        local.write_text(f"name: local\ndata: {{manifest: {manifest}}}\n")
+        refused = subprocess.run(CLI + ["launch", str(local), "--run-dir", str(tmp_path / "local-runs"), "--address",
+                                        cluster.address], capture_output=True, text=True, timeout=300,
+                                 env={**os.environ, **s3}, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert "a cluster of 2 nodes cannot reach this machine's local run.storage" in refused.stderr
+        assert "set run.storage" in refused.stderr
+
         spec = tmp_path / "cluster.yaml"
         spec.write_text(SPEC.format(manifest=manifest, optuna=f"{pg.base_url}/optuna", tracking=uri,
                                     storage=f"s3://{s3_server.bucket}/runs-{tag}"))
