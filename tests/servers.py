@@ -53,25 +53,35 @@ def _stop(proc: subprocess.Popen) -> None:
             pass
 
 
-@contextmanager
-def mlflow_server(root: Path):
-    """`mlflow server` over a sqlite backend store with proxied artifacts; yields its http:// URI."""
-    port = free_port()
+def start_mlflow(root: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` over a sqlite backend store with proxied artifacts, answering on `port` (a restart on the
+    same port and store is the same server again)."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # else 7 job workers, ~1.9 GB
-    log = open(root / "mlflow-server.log", "w")
+    log = open(root / "mlflow-server.log", "a")
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
          "--artifacts-destination", str(root / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
-    uri = f"http://127.0.0.1:{port}"
+    log.close()
+    _wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=90)
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    _stop(proc)
+
+
+@contextmanager
+def mlflow_server(root: Path):
+    """`mlflow server` over a sqlite backend store with proxied artifacts; yields its http:// URI."""
+    port = free_port()
+    proc = start_mlflow(root, port)
     try:
-        _wait_http(f"{uri}/health", proc, timeout=90)
-        yield uri
+        yield f"http://127.0.0.1:{port}"
     finally:
         _stop(proc)
-        log.close()
 
 
 @contextmanager

@@ -3,14 +3,17 @@ MLflow backend store in PostgreSQL, artifacts in S3 through the MLflow server (i
 
 Two `ray start` nodes on this machine (own raylet, object store, --num-cpus, a custom resource each). One trial
 with two workers spread over both; mid-trial the second node's raylet and every process it started are SIGKILLed.
-The trial must finish from its last checkpoint on the head, keep its one MLflow run, and log no step twice. Then:
-what the REST API of the tracking server shows, and no secret in any file the run or Ray left behind.
+The trial must finish from its last checkpoint on the head, keep its one MLflow run, and log no step twice. While
+the second trial trains the driver is SIGKILLed; `afsweep resume` from another run dir, given only the storage URL,
+finishes the sweep. Then: what the REST API of the tracking server shows, and no secret in any file the run or Ray
+left behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fault_table import record, trial_figures
 from tests.servers import BIN, mlflow_lab_server, postgres_server, ray_cluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.s3]
+pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.faults]
 
 CLI = [sys.executable, "-m", "orchestrator.cli"]
 
@@ -35,7 +39,7 @@ base:
   overrides: {{total_steps: 120, batch_size: 32, model.size: micro, alpha.k_e: 0.5}}
 train: {{workers: 2, placement: SPREAD, eval_every: 60, log_every: 5, eval_samples: 200, checkpoint_every: 10,
          max_failures: 2}}
-search: {{num_trials: 1, max_concurrent: 1, storage: "{optuna}", early_stopping: {{scheduler: none}}}}
+search: {{num_trials: 2, max_concurrent: 1, storage: "{optuna}", early_stopping: {{scheduler: none}}}}
 tracking: {{uri: "{tracking}"}}
 run: {{storage: "{storage}"}}
 """
@@ -130,54 +134,81 @@ def test_a_two_node_sweep_on_the_lab_stack_survives_a_lost_node(tmp_path, s3_ser
         head, node_b = cluster.nodes
         node_ids = {n["node_id"]: n for n in _ray_list("nodes", cluster.address)}
         b_id = next(i for i, n in node_ids.items() if "node_b" in (n.get("resources_total") or {}))
-        placement, killed_at = set(), None
+        placement, node_lost_ms, driver_killed_ms, sweep = set(), None, None, None
         deadline = time.time() + 900
         try:
-            while time.time() < deadline and proc.poll() is None and killed_at is None:
+            while time.time() < deadline and proc.poll() is None and driver_killed_ms is None:
                 time.sleep(2)
-                if "MLflow parent run" not in log_path.read_text():
+                text = log_path.read_text()
+                if "MLflow parent run" not in text:
                     continue
-                workers = _ray_list("actors", cluster.address, "class_name=RayTrainWorker", "state=ALIVE")
-                placement |= {w["node_id"] for w in workers}
+                sweep = sweep or re.search(r"afsweep: sweep (\S+):", text).group(1)
                 exp = _rest(uri, "experiments/get-by-name", experiment_name="afsweep")["experiment"]
-                runs = _trial_runs(uri, exp["experiment_id"])
-                if runs and len({w["node_id"] for w in workers}) == 2:
-                    steps = _steps(uri, runs[0]["info"]["run_id"], "loss")
-                    if steps and max(steps) >= 25:
-                        killed_at = max(steps)
-                        cluster.kill_node(node_b)
+                runs = sorted(_trial_runs(uri, exp["experiment_id"]), key=lambda r: r["info"]["start_time"])
+                if node_lost_ms is None:  # fault 1: the node with one of the first trial's workers is lost
+                    workers = _ray_list("actors", cluster.address, "class_name=RayTrainWorker", "state=ALIVE")
+                    placement |= {w["node_id"] for w in workers}
+                    if runs and len({w["node_id"] for w in workers}) == 2:
+                        steps = _steps(uri, runs[0]["info"]["run_id"], "loss")
+                        if steps and max(steps) >= 25:
+                            node_lost_ms = time.time() * 1000
+                            cluster.kill_node(node_b)
+                elif len(runs) == 2 and _steps(uri, runs[1]["info"]["run_id"], "loss"):
+                    # fault 2: the driver is SIGKILLed while the second trial trains (the cluster lives on)
+                    if max(_steps(uri, runs[1]["info"]["run_id"], "loss")) >= 10:
+                        driver_killed_ms = time.time() * 1000
+                        os.killpg(proc.pid, 9)
             proc.wait(timeout=max(1, deadline - time.time()))
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
                 proc.wait()
         out = log_path.read_text()
-        wall = time.time() - t0
-        assert killed_at, "never saw the trial's two workers on two nodes: " + out[-3000:]
+        assert node_lost_ms, "never saw the trial's two workers on two nodes: " + out[-3000:]
         assert b_id in placement and len(placement) == 2, (placement, node_ids)
-        assert proc.returncode == 0, out[-4000:]
-        assert "1 trials: 1 completed" in out, out[-3000:]
+        assert driver_killed_ms, "the second trial never trained: " + out[-3000:]
+
+        # resume from "another machine": a fresh run dir, only the storage URL (the frozen spec names the rest)
+        resumed = subprocess.run(CLI + ["resume", sweep, "--storage", f"s3://{s3_server.bucket}/runs-{tag}",
+                                        "--run-dir", str(tmp_path / "elsewhere"), "--address", cluster.address],
+                                 capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+        out = resumed.stdout + resumed.stderr
+        wall = time.time() - t0
+        assert resumed.returncode == 0, out[-4000:]
+        assert "2 trials: 2 completed" in out, out[-3000:]
         after = _ray_list("actors", cluster.address, "class_name=RayTrainWorker")
         finished_on = {a["node_id"] for a in after if a.get("state") == "DEAD" and a["node_id"] != b_id}
         assert finished_on, after
 
         # what the tracking server holds, through its REST API
         exp = _rest(uri, "experiments/get-by-name", experiment_name="afsweep")["experiment"]
-        runs = _trial_runs(uri, exp["experiment_id"])
-        assert len(runs) == 1, "the restarted trial keeps its one MLflow run"
+        runs = sorted(_trial_runs(uri, exp["experiment_id"]), key=lambda r: r["info"]["start_time"])
+        assert len(runs) == 2, "each restarted trial keeps its one MLflow run"
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        for run, fault, fault_ms in zip(runs, ("worker node lost (its raylet and processes SIGKILLed)",
+                                               "driver SIGKILLed, then afsweep resume from another run dir"),
+                                        (node_lost_ms, driver_killed_ms)):
+            tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+            assert tags["afsweep.status"] == "completed" and run["info"]["status"] == "FINISHED"
+            for key in ("loss", "fid1", "wall_s"):
+                steps = _steps(uri, run["info"]["run_id"], key)
+                assert len(steps) == len(set(steps)) and max(steps) == 120, (key, sorted(steps))
+            fig = trial_figures(client, run["info"]["run_id"], 120, fault_ms)
+            assert fig["steps_redone"] < 10 + 5, fig  # at most a checkpoint interval (+ a log interval)
+            record(fault + " (S3 storage, PostgreSQL, MLflow server)", "2 / 2", fig["steps_redone"], 0, 0,
+                   fig["samples_skipped"], fig["seconds_added"], wall_s=wall)
         run = runs[0]
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-        assert tags["afsweep.status"] == "completed" and run["info"]["status"] == "FINISHED"
         parent = _rest(uri, "runs/get", run_id=tags["mlflow.parentRunId"])["run"]
         assert parent["info"]["status"] == "FINISHED"
-        for key in ("loss", "fid1", "wall_s"):
-            steps = _steps(uri, run["info"]["run_id"], key)
-            assert len(steps) == len(set(steps)) and max(steps) == 120, (key, sorted(steps))
         arts = _rest(uri, "artifacts/list", run_id=run["info"]["run_id"], path="samples")
         assert any(f["path"].endswith("_nfe1.png") for f in arts.get("files", [])), arts
         assert run["info"]["artifact_uri"].startswith("mlflow-artifacts:"), run["info"]["artifact_uri"]
+        best = min(runs, key=lambda r: {m["key"]: m["value"] for m in r["data"]["metrics"]}["fid1_best"])
         alias = _rest(uri, "registered-models/alias", name="afsweep-digits", alias="best-fid1")["model_version"]
-        assert alias["run_id"] == run["info"]["run_id"]
+        assert alias["run_id"] == best["info"]["run_id"]
 
         # a client with no S3 credentials loads the registered model through the server
         loader = subprocess.run(
@@ -190,10 +221,10 @@ def test_a_two_node_sweep_on_the_lab_stack_survives_a_lost_node(tmp_path, s3_ser
         # status from "another machine": only the tracking URL
         status = subprocess.run(CLI + ["status", "--tracking-uri", uri, "--run-dir", str(tmp_path / "elsewhere")],
                                 capture_output=True, text=True, timeout=300, env=env)
-        assert status.returncode == 0 and "1 completed" in status.stdout, status.stdout + status.stderr
+        assert status.returncode == 0 and "2 completed" in status.stdout, status.stdout + status.stderr
 
         secrets = [s3_server.secret_key, pg.password]
         assert not _files_holding(cluster.session_root, secrets), _files_holding(cluster.session_root, secrets)
         assert not _files_holding(tmp_path, secrets), _files_holding(tmp_path, secrets)
         assert not any(s in status.stdout + out for s in secrets)
-    print(f"cluster test: killed node b at step {killed_at}; workers ran on {len(placement)} nodes; {wall:.0f} s")
+    print(f"cluster test: workers ran on {len(placement)} nodes before node b was lost; {wall:.0f} s")

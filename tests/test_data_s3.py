@@ -142,6 +142,7 @@ def test_s3_errors_are_one_line(s3_env, s3_set, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")   # nothing listens on the discard port
     monkeypatch.setattr(storage, "RETRIES", 1)
     monkeypatch.setattr(storage, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(storage, "OUTAGE_S", 0.0)
     storage.reset_clients()
     one_line(lambda: read_manifest(s3_set), s3_set, "cannot reach the S3 endpoint")
 

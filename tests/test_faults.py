@@ -1,8 +1,12 @@
-"""Faults caused for real, and what survives them.
+"""Faults caused for real, and what survives them (each test records its figures for benchmarks/faults.py).
 
 - One Ray Train worker process SIGKILLed mid-trial: the worker group restarts from its latest checkpoint
   (`train.max_failures`, `train.checkpoint_every`), the trial completes, it keeps its one MLflow child run, and no
   metric step is logged twice.
+- The MLflow server stopped for 30 s mid-trial: the trial waits for it (tracking.through_outages) and completes;
+  every log step is in MLflow exactly once.
+- A non-finite loss: the trial fails once (no restarts), with the step in its error.
+- A shard with a flipped byte that the size check cannot see: `on_corrupt: skip` skips and counts the sample.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.fault_table import record, trial_figures
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 CLI = [sys.executable, "-m", "orchestrator.cli"]
 
@@ -63,7 +69,8 @@ def test_a_killed_train_worker_restarts_from_its_checkpoint(tmp_path, fashion_ma
     log = open(tmp_path / "launch.log", "w+")
     proc = subprocess.Popen(CLI + ["launch", str(spec), "--run-dir", str(run_dir)], stdout=log,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    killed = None
+    killed, killed_ms = None, None
+    t0 = time.time()
     deadline = time.time() + 600
     try:
         while time.time() < deadline and proc.poll() is None and killed is None:
@@ -75,7 +82,7 @@ def test_a_killed_train_worker_restarts_from_its_checkpoint(tmp_path, fashion_ma
                 steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
                 pids = train_worker_pids()
                 if steps and max(steps) >= 25 and len(pids) >= 2:
-                    killed = (max(steps), pids[-1])
+                    killed, killed_ms = (max(steps), pids[-1]), time.time() * 1000
                     os.kill(pids[-1], signal.SIGKILL)  # one DDP rank, mid-trial
         proc.wait(timeout=max(1, deadline - time.time()))
     finally:
@@ -98,3 +105,149 @@ def test_a_killed_train_worker_restarts_from_its_checkpoint(tmp_path, fashion_ma
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "fid1")) == [0, 40, 80]
     walls = sorted(client.get_metric_history(run.info.run_id, "wall_s"), key=lambda m: m.step)
     assert all(a.value <= b.value for a, b in zip(walls, walls[1:])), "cost went backwards across the restart"
+
+    fig = trial_figures(client, run.info.run_id, 80, killed_ms)
+    assert fig["steps_redone"] < 10 + 5  # at most a checkpoint interval (+ one log interval of slack)
+    assert len(client.get_metric_history(run.info.run_id, "restarts")) >= 1
+    record("one Train worker SIGKILLed", "1 / 1", fig["steps_redone"], 0, 0, fig["samples_skipped"],
+           fig["seconds_added"], wall_s=time.time() - t0)
+
+
+def _launch(tmp_path: Path, spec_text: str, env: dict | None = None):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text)
+    log = open(tmp_path / "launch.log", "w+")
+    proc = subprocess.Popen(CLI + ["launch", str(spec), "--run-dir", str(tmp_path / "runs")], stdout=log,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+    return proc, tmp_path / "launch.log"
+
+
+def _wait(proc, timeout: float) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+OUTAGE_SPEC = """
+name: mlflow-outage
+data: {{manifest: {manifest}}}
+base:
+  preset: tiny-cpu
+  overrides: {{total_steps: 80, batch_size: 32, model.size: micro, alpha.k_e: 0.5}}
+train: {{workers: 2, eval_every: 40, log_every: 5, eval_samples: 200, checkpoint_every: 10}}
+search: {{num_trials: 1, max_concurrent: 1, early_stopping: {{scheduler: none}}}}
+tracking: {{uri: "{uri}"}}
+"""
+
+
+def test_the_mlflow_server_down_for_30_s_mid_trial_loses_nothing(tmp_path, fashion_manifest):
+    from mlflow.tracking import MlflowClient
+
+    from tests.servers import free_port, start_mlflow, stop_server
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow(tmp_path, port)
+    t0 = time.time()
+    proc, log = _launch(tmp_path, OUTAGE_SPEC.format(manifest=fashion_manifest, uri=uri))
+    client, stopped_ms, down_s = MlflowClient(tracking_uri=uri), None, 0.0
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None and stopped_ms is None:
+            time.sleep(1)
+            exp = client.get_experiment_by_name("afsweep") if "MLflow parent run" in log.read_text() else None
+            runs = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'trial'") if exp else []
+            steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] if runs else []
+            if steps and max(steps) >= 15:
+                stopped_ms = time.time() * 1000
+                stop_server(server)
+                time.sleep(30)
+                server = start_mlflow(tmp_path, port)
+                down_s = time.time() - stopped_ms / 1000
+        _wait(proc, max(1, deadline - time.time()))
+        out = log.read_text()
+        assert stopped_ms, "the trial never logged step 15: " + out[-3000:]
+        assert proc.returncode == 0, out[-4000:]
+        assert "1 trials: 1 completed" in out, out[-3000:]
+        exp = client.get_experiment_by_name("afsweep")
+        runs = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'trial'")
+        assert len(runs) == 1 and runs[0].data.tags["afsweep.status"] == "completed"
+        run_id = runs[0].info.run_id
+        loss_steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+        assert sorted(loss_steps) == list(range(5, 81, 5)), sorted(loss_steps)  # every log step, once
+        assert sorted(m.step for m in client.get_metric_history(run_id, "fid1")) == [0, 40, 80]
+        fig = trial_figures(client, run_id, 80, stopped_ms)
+        record("MLflow server stopped 30 s mid-trial (the trial waits)", "1 / 1", fig["steps_redone"], 0, 0,
+               fig["samples_skipped"], fig["seconds_added"], down_s=round(down_s), wall_s=time.time() - t0)
+    finally:
+        stop_server(server)
+
+
+NAN_SPEC = """
+name: nan
+data: {{manifest: {manifest}}}
+base:
+  preset: tiny-cpu
+  overrides: {{total_steps: 40, batch_size: 32, model.size: micro, optim.lr: 1.0e+6, optim.warmup_steps: 0}}
+train: {{workers: 2, eval_every: 20, log_every: 5, eval_samples: 200, checkpoint_every: 5, max_failures: 2}}
+search: {{num_trials: 1, max_concurrent: 1, early_stopping: {{scheduler: none}}}}
+"""
+
+
+def test_a_nan_loss_fails_the_trial_once(tmp_path, fashion_manifest):
+    t0 = time.time()
+    proc, log = _launch(tmp_path, NAN_SPEC.format(manifest=fashion_manifest))
+    _wait(proc, 600)
+    out = log.read_text()
+    assert proc.returncode == 1 and "no trial completed (1 failed)" in out, out[-3000:]
+    client, runs = _trial_run(tmp_path / "runs")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FAILED" and "non-finite loss at step" in run.data.tags["afsweep.error"]
+    assert not client.get_metric_history(run.info.run_id, "restarts"), "a diverged trial is not restarted"
+    record("NaN loss", "0 / 1 (fails at once, clearly)", 0, 0, 0, 0, "-", wall_s=time.time() - t0)
+
+
+CORRUPT_SPEC = """
+name: corrupt
+data: {{manifest: {manifest}, on_corrupt: skip}}
+base:
+  preset: tiny-cpu
+  overrides: {{total_steps: 40, batch_size: 32, model.size: micro}}
+train: {{workers: 1, eval_every: 40, log_every: 5, eval_samples: 200}}
+search: {{num_trials: 1, max_concurrent: 1, early_stopping: {{scheduler: none}}}}
+"""
+
+
+def test_a_corrupted_sample_is_skipped_and_counted(tmp_path, fashion_manifest):
+    """A sample's bytes overwritten (same size: the size check passes it): with on_corrupt: skip the trial
+    completes and counts what it skipped; nothing is skipped silently."""
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(Path(fashion_manifest).parent, data_dir)
+    broken = 0
+    for shard in sorted(data_dir.glob("shard-*.tar")):  # every 50th sample of every shard: some are read
+        data = bytearray(shard.read_bytes())
+        at, i = data.find(b"\x93NUMPY"), 0
+        while at >= 0:
+            if i % 50 == 49:
+                data[at:at + 6] = b"BROKEN"
+                broken += 1
+            at, i = data.find(b"\x93NUMPY", at + 6), i + 1
+        shard.write_bytes(bytes(data))
+    assert broken > 100
+    t0 = time.time()
+    proc, log = _launch(tmp_path, CORRUPT_SPEC.format(manifest=data_dir / Path(fashion_manifest).name))
+    _wait(proc, 600)
+    out = log.read_text()
+    assert proc.returncode == 0, out[-3000:]
+    client, runs = _trial_run(tmp_path / "runs")
+    skipped = client.get_metric_history(runs[0].info.run_id, "samples_skipped")
+    assert skipped and max(m.value for m in skipped) >= 1, "the skipped sample must be counted"
+    record("corrupted sample (same size), on_corrupt: skip", "1 / 1", 0, 0, 0,
+           int(max(m.value for m in skipped)), "-", wall_s=time.time() - t0)

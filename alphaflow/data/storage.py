@@ -26,6 +26,9 @@ from alphaflow.data.errors import DataError
 
 RETRIES = int(os.environ.get("AFSWEEP_S3_RETRIES", "6"))
 BACKOFF_S = float(os.environ.get("AFSWEEP_S3_BACKOFF_S", "0.25"))
+# a transient error is retried at least RETRIES times and for at least OUTAGE_S seconds: a storage server that is
+# restarted (tens of seconds) pauses the reader instead of failing the trial
+OUTAGE_S = float(os.environ.get("AFSWEEP_S3_OUTAGE_S", "120"))
 MULTIPART_CHUNK = 64 * 1024 * 1024   # part size of multipart uploads; also used to predict their ETag
 S3_PART_BYTES = int(float(os.environ.get("AFSWEEP_S3_PART_MB", "16")) * (1 << 20))  # ranged GET size
 S3_CONCURRENCY = int(os.environ.get("AFSWEEP_S3_CONCURRENCY", "4"))                 # ranged GETs at once
@@ -166,17 +169,18 @@ def _one_line(url: str, e: BaseException) -> DataError:
 
 def _with_retries(url: str, fn):
     """fn() with exponential backoff on transient errors; other errors become one-line DataErrors."""
-    delay = BACKOFF_S
-    for attempt in range(RETRIES + 1):
+    delay, attempt, start = BACKOFF_S, 0, time.monotonic()
+    while True:
         try:
             return fn()
         except DataError:
             raise
         except Exception as e:
-            if attempt == RETRIES or not _is_transient(e):
+            out_of_time = attempt >= RETRIES and time.monotonic() - start >= OUTAGE_S
+            if out_of_time or not _is_transient(e):
                 raise _one_line(url, e) from None
             time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 10.0)
+            delay, attempt = min(delay * 2, 10.0), attempt + 1
 
 
 def _check_bucket(url: str, client) -> None:

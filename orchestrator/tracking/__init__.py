@@ -83,6 +83,49 @@ def follow_moved_run_dir(uri: str) -> int:
     return changed
 
 
+def _is_outage(e: Exception) -> bool:
+    """A tracking server that is down or failing (connection refused, timeout, 5xx), not a request it refused."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, MlflowException):
+        return e.get_http_status_code() >= 500
+    return isinstance(e, (OSError, ConnectionError, TimeoutError)) or "sqlite3.OperationalError" in repr(e)
+
+
+def outage_patience_s() -> float:
+    return float(os.environ.get("AFSWEEP_MLFLOW_OUTAGE_S", "600"))
+
+
+def through_outages(what: str, fn, *args, uri: str = "", patience_s: float | None = None, **kwargs):
+    """fn(*args) retried while MLflow is unreachable, for up to `patience_s` (AFSWEEP_MLFLOW_OUTAGE_S, 10 min).
+
+    The choice for a tracking outage mid-trial: the trial waits and retries rather than fail. Training is what
+    costs; a restarted server should cost a pause, not the trial. Nothing is buffered in memory, so nothing can be
+    lost silently: the step that logs waits until its metrics are stored. A longer outage fails the trial with one
+    line; its checkpoint and everything logged before it stay.
+    """
+    import time
+
+    patience = outage_patience_s() if patience_s is None else patience_s
+    start, delay, warned = time.monotonic(), 1.0, False
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            waited = time.monotonic() - start
+            if not _is_outage(e) or waited >= patience:
+                if _is_outage(e):
+                    raise TrackingError(f"MLflow at {uri or 'the tracking URI'}: unreachable for {waited:.0f} s "
+                                        f"while {what}: {first_line(e)}") from None
+                raise
+            if not warned:
+                print(f"afsweep: MLflow at {uri or 'the tracking URI'} unreachable while {what}; retrying for up "
+                      f"to {patience:.0f} s: {first_line(e)}")
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def client_for(uri: str) -> MlflowClient:
     """A client that has answered once: an unreachable server or a broken store is one TrackingError line."""
     follow_moved_run_dir(uri)

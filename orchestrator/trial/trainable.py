@@ -49,13 +49,15 @@ def run_trial(config: dict[str, Any]) -> None:
     sweep = SweepContext.model_validate(settings["sweep"])
     trial = build_trial_config(spec, params, sweep, trial_number=trial_number(trial_id))
 
-    client = tracking.client_for(sweep.tracking_uri)
-    trial.run_id = tracking.get_or_create_trial_run(
+    client = tracking.MlflowClient(tracking_uri=sweep.tracking_uri)
+    trial.run_id = tracking.through_outages(
+        "opening the trial's run", tracking.get_or_create_trial_run,
         client, sweep.experiment_id, sweep.parent_run_id, sweep.sweep_name, trial_id, trial_name,
         params={**flatten(trial.method), "preset": trial.preset, "swept": ",".join(sorted(params)),
                 tracking.EXTRACTOR_PARAM: sweep.extractor, tracking.EVAL_N_PARAM: trial.train.eval_samples},
-    )
-    diverged = client.get_run(trial.run_id).data.tags.get(DIVERGED_TAG, "")
+        uri=sweep.tracking_uri)
+    diverged = tracking.through_outages("reading the trial's run", client.get_run, trial.run_id,
+                                        uri=sweep.tracking_uri).data.tags.get(DIVERGED_TAG, "")
     if diverged.startswith("non-finite loss"):  # a restart (Tune's, or resume) of a trial that diverged
         raise TrialDivergedError(diverged)
     run = trial.train
@@ -101,11 +103,14 @@ class MlflowTrialCloser(tune.Callback):
         self.sweep_name = sweep_name
 
     def _close(self, trial, status: str, reason: str | None = None) -> None:
-        try:
-            client = tracking.client_for(self.tracking_uri)
+        def close() -> None:
+            client = tracking.MlflowClient(tracking_uri=self.tracking_uri)
             run_id = tracking.find_trial_run(client, self.experiment_id, self.sweep_name, trial.trial_id)
             if run_id:
                 tracking.close_trial_run(client, run_id, status, reason)
+
+        try:  # a tracking server that is down for a while: wait for it, else the run would stay RUNNING
+            tracking.through_outages(f"closing trial {trial.trial_id}", close, uri=self.tracking_uri)
         except Exception as e:  # never let bookkeeping kill the sweep
             print(f"afsweep: could not close the MLflow run of trial {trial.trial_id}: {e}")
 

@@ -29,14 +29,26 @@ class RunLogger:
     def __init__(self, tracking_uri: str, run_id: str):
         from mlflow.tracking import MlflowClient
 
+        # one quick attempt per call: our own loop (tracking.through_outages) waits out a server that is down
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.run_id = run_id
-        history = {key: self.client.get_metric_history(run_id, key) for key in COST_KEYS}
+        self.uri, self.run_id = tracking_uri, run_id
+        history = {key: self._call("reading the cost so far", self.client.get_metric_history, run_id, key)
+                   for key in COST_KEYS}
         # the cost earlier attempts (a restart, a resume) logged: the largest of each running total
         self.spent_before = {key: max((m.value for m in h), default=0.0) for key, h in history.items()}
         # a restarted attempt redoes the steps after its checkpoint: what an earlier attempt logged is not logged
         # again (every log and evaluation step logs wall_s)
         self.logged_until = max((m.step for m in history["wall_s"]), default=-1)
+
+    def restarted_at(self, step: int) -> None:
+        """A restarted attempt resumes from `step`: the metric `restarts` counts attempts, each at its step."""
+        from mlflow.entities import Metric
+
+        done = self._call("reading the restarts", self.client.get_metric_history, self.run_id, "restarts")
+        metric = Metric("restarts", float(len(done) + 1), int(time.time() * 1000), step)
+        self._call("logging the restart", self.client.log_batch, self.run_id, metrics=[metric])
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -46,13 +58,19 @@ class RunLogger:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and math.isfinite(v)]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            self._call(f"logging step {step}", self.client.log_batch, self.run_id, metrics=batch)
 
     def artifact(self, local_path: str, artifact_dir: str) -> None:
-        self.client.log_artifact(self.run_id, local_path, artifact_dir)
+        self._call(f"uploading {artifact_dir}/{Path(local_path).name}", self.client.log_artifact, self.run_id,
+                   local_path, artifact_dir)
 
     def tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
+        self._call(f"setting {key}", self.client.set_tag, self.run_id, key, value)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from orchestrator.tracking import through_outages
+
+        return through_outages(what, fn, *args, uri=self.uri, **kwargs)
 
 
 class CostClock:
@@ -237,7 +255,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     position = None
     ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:  # a restarted trial continues from its last report
+    if ckpt is not None:  # a restarted trial continues from its last report (restarts: counted, at that step)
         with ckpt.as_directory() as d:
             if (Path(d) / DIVERGED_FILE).exists():  # a resumed trial that had diverged: it ends the same way
                 _report_divergence((Path(d) / DIVERGED_FILE).read_text(), 0, cfg.total_steps, rank == 0)
@@ -246,6 +264,8 @@ def train_loop(config: dict[str, Any]) -> None:
         if evaluator is not None:
             evaluator.best.update(extra.get("best", {}))
         position = extra.get("position")
+        if log:
+            log.restarted_at(trainer.step)
 
     d = trial.data
     loader = make_train_loader(trial.sweep.manifest, batch_size=max(1, cfg.batch_size // world), rank=rank,
@@ -276,7 +296,7 @@ def train_loop(config: dict[str, Any]) -> None:
         step = trainer.step
         evaluating = step % train.eval_every == 0 or step == total
         if log and step % train.log_every == 0 and not evaluating:  # an evaluation logs the means itself
-            log.metrics({**means.means(), **clock.totals()}, step)
+            log.metrics({**means.means(), **clock.totals(), "samples_skipped": loader.skipped}, step)
         if evaluating:
             report(step)
             means.reset()

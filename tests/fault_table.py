@@ -1,0 +1,42 @@
+"""The figures each fault test measures, for the table `benchmarks/faults.py` prints.
+
+A fault test calls `record(...)` with what it measured; the row goes to the JSON-lines file named by
+AFSWEEP_FAULT_TABLE when that is set (the benchmark sets it), and nowhere otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+COLUMNS = ("fault", "trials completed", "steps redone", "MLflow runs lost / duplicated", "samples skipped",
+           "seconds added")
+
+
+def record(fault: str, completed: str, steps_redone: int | str, runs_lost: int, runs_duplicated: int,
+           samples_skipped: int | str, seconds_added: float | str, **extra) -> None:
+    row = {"fault": fault, "trials completed": completed, "steps redone": steps_redone,
+           "MLflow runs lost / duplicated": f"{runs_lost} / {runs_duplicated}", "samples skipped": samples_skipped,
+           "seconds added": seconds_added if isinstance(seconds_added, str) else round(seconds_added), **extra}
+    path = os.environ.get("AFSWEEP_FAULT_TABLE")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def trial_figures(client, run_id: str, total_steps: int, fault_ms: float) -> dict:
+    """From the trial's own MLflow history: steps redone (the steps logged before each restart beyond the step it
+    resumed from: a lower bound by at most one log interval), and seconds added (the trial's wall seconds beyond
+    what its healthy pace before the fault would take for all its steps)."""
+    losses = client.get_metric_history(run_id, "loss")
+    steps_redone = 0
+    for r in client.get_metric_history(run_id, "restarts"):
+        before = [m.step for m in losses if m.timestamp < r.timestamp]
+        steps_redone += max(0, max(before, default=0) - r.step)
+    walls = sorted(client.get_metric_history(run_id, "wall_s"), key=lambda m: m.step)
+    healthy = [m for m in walls if m.timestamp < fault_ms and m.step > 0]
+    final = walls[-1].value if walls else 0.0
+    added = final - total_steps * (healthy[-1].value / healthy[-1].step) if healthy else float("nan")
+    skipped = client.get_metric_history(run_id, "samples_skipped")
+    return {"steps_redone": steps_redone, "seconds_added": added,
+            "samples_skipped": int(max((m.value for m in skipped), default=0))}
