@@ -111,6 +111,17 @@ def test_a_two_node_sweep_on_the_lab_stack_survives_a_lost_node(tmp_path, s3_ser
     with postgres_server() as pg, \
             mlflow_lab_server(tmp_path, pg, s3, f"s3://{s3_server.bucket}/mlflow-{tag}") as (uri, _), \
             ray_cluster(tmp_path, [("head", 3), ("b", 2)], env=s3) as cluster:
+        # a PostgreSQL that refuses the password: one line naming the URL, never the password
+        from orchestrator.sweep.places import PlaceError, check_optuna_storage
+
+        os.environ["PGPASSWORD"] = "not-the-password"
+        try:
+            with pytest.raises(PlaceError, match=r"^search.storage postgresql://afsweep@127.0.0.1:\d+/optuna: "
+                                                 r"not usable: .*password authentication failed"):
+                check_optuna_storage(f"{pg.base_url}/optuna")
+        finally:
+            del os.environ["PGPASSWORD"]
+
         # the run dir's local defaults cannot serve two nodes: refused before anything is written, saying what to set
         local = tmp_path / "local.yaml"
         local.write_text(f"name: local\ndata: {{manifest: {manifest}}}\n")

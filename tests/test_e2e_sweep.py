@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import main
+from tests.fault_table import record
 
 pytestmark = pytest.mark.slow
 
@@ -163,6 +165,7 @@ search: {num_trials: 2, max_concurrent: 2, seed: 4, space: {optim.beta1: {type: 
 """
 
 
+@pytest.mark.faults
 def test_a_sweep_whose_trials_all_fail_loses_nothing(sweep, tmp_path):
     """Runs last (it adds a sweep to the run dir): every trial's loss goes non-finite. The sweep exits non-zero and
     says so; the good model keeps @best-fid1 and @best-fid2; the failed runs stay FAILED and unregistered."""
@@ -173,6 +176,7 @@ def test_a_sweep_whose_trials_all_fail_loses_nothing(sweep, tmp_path):
 
     spec = tmp_path / "diverges.yaml"
     spec.write_text(DIVERGING_SPEC)
+    t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "launch", str(spec), "--run-dir", str(run_dir)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -187,10 +191,13 @@ def test_a_sweep_whose_trials_all_fail_loses_nothing(sweep, tmp_path):
     for r in failed:
         assert r.info.status == "FAILED" and r.data.tags["afsweep.status"] == "failed"
         assert "non-finite loss" in r.data.tags.get("afsweep.error", ""), r.data.tags
+        assert not client.get_metric_history(r.info.run_id, "restarts"), "a diverged trial is not restarted"
         assert not client.search_model_versions(f"run_id = '{r.info.run_id}'")
     parent = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'sweep' and tags.`afsweep.sweep` LIKE "
                                 "'diverges-%'")[0]
     assert parent.info.status == "FAILED"
+    record("NaN loss (every trial)", "0 / 2: each fails once, clearly; sweep exits 1", 0, 0, 0, 0, "-",
+           wall_s=time.time() - t0)
     best = subprocess.run([sys.executable, "-m", "orchestrator.cli", "best", "--sweep", "all", "--json",
                            "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=300)
     assert best.returncode == 0, best.stderr

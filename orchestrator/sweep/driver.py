@@ -16,7 +16,7 @@ from orchestrator import tracking
 from orchestrator.spec import PRESET_KEY, SweepSpec
 from orchestrator.sweep.places import (SPEC_COPY, check_optuna_storage, check_storage, credentials_out_of_ray_env,
                                        hide_secret, read_text, refuse_local_parts_on_a_cluster, resolve_places,
-                                       write_text)
+                                       storage_filesystem, write_text)
 from orchestrator.trial.config import SweepContext, domain_extractor, method_config
 
 DEFAULT_RUN_DIR = Path("afsweep-runs")
@@ -252,6 +252,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     scheduler = make_scheduler(spec, max_total_steps(spec), grace)
     if hasattr(scheduler, "set_search_properties"):
         scheduler.set_search_properties(metric, mode)
+    storage_fs, storage_path = storage_filesystem(places.storage)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": 1}),
         param_space={SETTINGS_KEY: settings},
@@ -264,7 +265,8 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         ),
         run_config=tune.RunConfig(
             name=sweep_name,
-            storage_path=places.storage,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             callbacks=[MlflowTrialCloser(tracking_uri, experiment_id, sweep_name),
                        DriverHeartbeat(tracking_uri, parent_run_id)],
             progress_reporter=_reporter(spec),
@@ -320,7 +322,8 @@ def resume(sweep_name: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None
     run_dir = Path(run_dir).resolve()
     where = resolve_places(run_dir, storage, None, None)
     text = read_text(where.spec_copy(sweep_name))
-    if text is None or not tune.Tuner.can_restore(where.sweep_dir(sweep_name)):
+    fs, sweep_path = storage_filesystem(where.sweep_dir(sweep_name))
+    if text is None or not tune.Tuner.can_restore(sweep_path, storage_filesystem=fs):
         raise SweepError(f"{where.sweep_dir(sweep_name)}: no sweep to resume there (launch writes it; check "
                          f"--run-dir, --storage and the name)")
     spec = parse_spec(yaml.safe_load(text), where.spec_copy(sweep_name))
@@ -339,8 +342,9 @@ def resume(sweep_name: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None
     if dashboard_url:
         echo(dashboard_line(dashboard_url))
     echo(f"afsweep: resuming sweep {sweep_name} from {places.sweep_dir(sweep_name)}")
-    tuner = tune.Tuner.restore(places.sweep_dir(sweep_name), trainable=tune.with_resources(run_trial, {"cpu": 1}),
-                               resume_unfinished=True, resume_errored=True)
+    fs, sweep_path = storage_filesystem(places.sweep_dir(sweep_name))
+    tuner = tune.Tuner.restore(sweep_path, trainable=tune.with_resources(run_trial, {"cpu": 1}),
+                               resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
     grid = _fit(tuner, client, parent_run_id)
     lost = reconcile_lost_trials(client, experiment_id, sweep_name, grid, places.optuna_url)
     if lost:

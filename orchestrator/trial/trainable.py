@@ -38,6 +38,7 @@ def run_trial(config: dict[str, Any]) -> None:
 
     from alphaflow.config import flatten
     from orchestrator.spec import SweepSpec
+    from orchestrator.sweep.places import storage_filesystem
     from orchestrator.trial.config import SweepContext, build_trial_config, trial_number
     from orchestrator.trial.worker import DIVERGED_KEY, train_loop
 
@@ -61,6 +62,7 @@ def run_trial(config: dict[str, Any]) -> None:
     if diverged.startswith("non-finite loss"):  # a restart (Tune's, or resume) of a trial that diverged
         raise TrialDivergedError(diverged)
     run = trial.train
+    train_fs, train_path = storage_filesystem(sweep.train_storage)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=trial.model_dump(mode="json"),
@@ -70,7 +72,8 @@ def run_trial(config: dict[str, Any]) -> None:
         ),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",  # deterministic: a resumed trial finds its own Train run
-            storage_path=sweep.train_storage,
+            storage_path=train_path,
+            storage_filesystem=train_fs,
             callbacks=[TuneReportCallback()],
             # a lost worker (process or node) restarts the group from the latest checkpoint on what remains
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
