@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -36,8 +38,8 @@ name: cluster
 data: {{manifest: {manifest}}}
 base:
   preset: tiny-cpu
-  overrides: {{total_steps: 120, batch_size: 32, model.size: micro, alpha.k_e: 0.5}}
-train: {{workers: 2, placement: SPREAD, eval_every: 60, log_every: 5, eval_samples: 200, checkpoint_every: 10,
+  overrides: {{total_steps: 90, batch_size: 32, model.size: micro, alpha.k_e: 0.5}}
+train: {{workers: 2, placement: SPREAD, eval_every: 45, log_every: 5, eval_samples: 200, checkpoint_every: 10,
          max_failures: 2}}
 search: {{num_trials: 2, max_concurrent: 1, storage: "{optuna}", early_stopping: {{scheduler: none}}}}
 tracking: {{uri: "{tracking}"}}
@@ -92,7 +94,34 @@ def _files_holding(root: Path, secrets: list[str]) -> list[str]:
     return hits
 
 
-def test_a_two_node_sweep_on_the_lab_stack_survives_a_lost_node(tmp_path, s3_server):
+NETNS_VAR = "AFSWEEP_IN_NETNS"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _private_network_available() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+def test_a_two_node_sweep_on_the_lab_stack_survives_a_lost_node(tmp_path, request):
+    """Run in a network namespace whose only interface is loopback when the machine allows it (root, unshare):
+    with several nodes Ray 2.60 binds its gRPC servers to every interface, and there every interface is loopback,
+    so nothing the test starts is reachable from outside the machine."""
+    if os.environ.get(NETNS_VAR) != "1" and _private_network_available():
+        inner = subprocess.run(
+            ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" -m pytest -q -s -p no:cacheprovider "$1"',
+             sys.executable, f"{Path(__file__).relative_to(ROOT)}::{request.node.name}"],
+            capture_output=True, text=True, timeout=1800, cwd=ROOT, env={**os.environ, NETNS_VAR: "1"})
+        assert inner.returncode == 0, inner.stdout[-6000:] + inner.stderr[-2000:]
+        print(inner.stdout[-600:])
+        return
+    if os.environ.get(NETNS_VAR) == "1":
+        assert [name for _, name in socket.if_nameindex()] == ["lo"], socket.if_nameindex()
+    _two_node_sweep(tmp_path, request.getfixturevalue("s3_server"))
+
+
+def _two_node_sweep(tmp_path: Path, s3_server) -> None:
     from alphaflow.data import prepare_builtin, storage
 
     s3 = s3_server.env()
@@ -205,9 +234,10 @@ def test_a_two_node_sweep_on_the_lab_stack_survives_a_lost_node(tmp_path, s3_ser
             assert tags["afsweep.status"] == "completed" and run["info"]["status"] == "FINISHED"
             for key in ("loss", "fid1", "wall_s"):
                 steps = _steps(uri, run["info"]["run_id"], key)
-                assert len(steps) == len(set(steps)) and max(steps) == 120, (key, sorted(steps))
-            fig = trial_figures(client, run["info"]["run_id"], 120, fault_ms)
-            assert fig["steps_redone"] < 10 + 5, fig  # at most a checkpoint interval (+ a log interval)
+                assert len(steps) == len(set(steps)) and max(steps) == 90, (key, sorted(steps))
+            fig = trial_figures(client, run["info"]["run_id"], 90, fault_ms)
+            # the checkpoint before the last at worst (Ray Train registers a report when its controller polls)
+            assert fig["steps_redone"] <= 2 * 10 + 5, fig
             record(fault + " (S3 storage, PostgreSQL, MLflow server)", "2 / 2", fig["steps_redone"], 0, 0,
                    fig["samples_skipped"], fig["seconds_added"], wall_s=wall)
         run = runs[0]
@@ -238,4 +268,5 @@ def test_a_two_node_sweep_on_the_lab_stack_survives_a_lost_node(tmp_path, s3_ser
         assert not _files_holding(cluster.session_root, secrets), _files_holding(cluster.session_root, secrets)
         assert not _files_holding(tmp_path, secrets), _files_holding(tmp_path, secrets)
         assert not any(s in status.stdout + out for s in secrets)
-    print(f"cluster test: workers ran on {len(placement)} nodes before node b was lost; {wall:.0f} s")
+    print(f"cluster test: workers ran on {len(placement)} nodes before node b was lost; {wall:.0f} s; network "
+          f"interfaces: {[name for _, name in socket.if_nameindex()]}")

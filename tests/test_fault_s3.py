@@ -28,8 +28,8 @@ name: s3-outage
 data: {{manifest: {manifest}}}
 base:
   preset: tiny-cpu
-  overrides: {{total_steps: 80, batch_size: 32, model.size: micro, alpha.k_e: 0.5}}
-train: {{workers: 2, eval_every: 40, log_every: 5, eval_samples: 200, checkpoint_every: 10}}
+  overrides: {{total_steps: 60, batch_size: 32, model.size: micro, alpha.k_e: 0.5}}
+train: {{workers: 2, eval_every: 30, log_every: 5, eval_samples: 200, checkpoint_every: 10}}
 search: {{num_trials: 1, max_concurrent: 1, early_stopping: {{scheduler: none}}}}
 run: {{storage: "{storage}"}}
 """
@@ -86,8 +86,8 @@ def test_the_s3_server_down_for_30_s_mid_trial_loses_nothing(tmp_path, monkeypat
         runs = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'trial'")
         assert len(runs) == 1 and runs[0].data.tags["afsweep.status"] == "completed"
         run_id = runs[0].info.run_id
-        assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == list(range(5, 81, 5))
-        fig = trial_figures(client, run_id, 80, stopped_ms)
+        assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == list(range(5, 61, 5))
+        fig = trial_figures(client, run_id, 60, stopped_ms)
         assert fig["samples_skipped"] == 0
         record("S3 server stopped 30 s mid-trial (data, Tune state, checkpoints in S3)", "1 / 1",
                fig["steps_redone"], 0, 0, fig["samples_skipped"], fig["seconds_added"], wall_s=time.time() - t0)

@@ -4,9 +4,9 @@
   (`train.max_failures`, `train.checkpoint_every`), the trial completes, it keeps its one MLflow child run, and no
   metric step is logged twice.
 - The MLflow server stopped for 30 s mid-trial: the trial waits for it (tracking.through_outages) and completes;
-  every log step is in MLflow exactly once.
+  every log step is in MLflow exactly once. The same trial reads data with corrupt samples (on_corrupt: skip):
+  each skipped sample is counted in the metric samples_skipped.
 - A non-finite loss: tests/test_e2e_sweep.py (the trial fails once, not restarted).
-- A shard with a flipped byte that the size check cannot see: `on_corrupt: skip` skips and counts the sample.
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ def test_a_killed_train_worker_restarts_from_its_checkpoint(tmp_path, fashion_ma
     assert all(a.value <= b.value for a, b in zip(walls, walls[1:])), "cost went backwards across the restart"
 
     fig = trial_figures(client, run.info.run_id, 80, killed_ms)
-    assert fig["steps_redone"] < 10 + 5  # at most a checkpoint interval (+ one log interval of slack)
+    # the checkpoint before the last one at worst: Ray Train registers a reported checkpoint when its controller
+    # next polls the workers, and a group that dies before that resumes from the one before
+    assert fig["steps_redone"] <= 2 * 10 + 5, fig
     assert len(client.get_metric_history(run.info.run_id, "restarts")) >= 1
     record("one Train worker SIGKILLed", "1 / 1", fig["steps_redone"], 0, 0, fig["samples_skipped"],
            fig["seconds_added"], wall_s=time.time() - t0)
@@ -134,7 +136,7 @@ def _wait(proc, timeout: float) -> None:
 
 OUTAGE_SPEC = """
 name: mlflow-outage
-data: {{manifest: {manifest}}}
+data: {{manifest: {manifest}, on_corrupt: skip}}
 base:
   preset: tiny-cpu
   overrides: {{total_steps: 80, batch_size: 32, model.size: micro, alpha.k_e: 0.5}}
@@ -144,7 +146,29 @@ tracking: {{uri: "{uri}"}}
 """
 
 
+def _copy_with_corrupt_samples(manifest: str, dest: Path) -> str:
+    """The data set with every 50th sample of every shard overwritten in place (same size: the size check before
+    the sweep passes it; only reading the sample finds it)."""
+    import shutil
+
+    shutil.copytree(Path(manifest).parent, dest)
+    broken = 0
+    for shard in sorted(dest.glob("shard-*.tar")):
+        data = bytearray(shard.read_bytes())
+        at, i = data.find(b"\x93NUMPY"), 0
+        while at >= 0:
+            if i % 50 == 49:
+                data[at:at + 6] = b"BROKEN"
+                broken += 1
+            at, i = data.find(b"\x93NUMPY", at + 6), i + 1
+        shard.write_bytes(bytes(data))
+    assert broken > 100
+    return str(dest / Path(manifest).name)
+
+
 def test_the_mlflow_server_down_for_30_s_mid_trial_loses_nothing(tmp_path, fashion_manifest):
+    """Two faults in one trial: the tracking server stops for 30 s, and the data holds corrupt samples
+    (on_corrupt: skip): the trial completes, logs every step once, and counts every sample it skipped."""
     from mlflow.tracking import MlflowClient
 
     from tests.servers import free_port, start_mlflow, stop_server
@@ -152,8 +176,9 @@ def test_the_mlflow_server_down_for_30_s_mid_trial_loses_nothing(tmp_path, fashi
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_mlflow(tmp_path, port)
+    data = _copy_with_corrupt_samples(fashion_manifest, tmp_path / "data")
     t0 = time.time()
-    proc, log = _launch(tmp_path, OUTAGE_SPEC.format(manifest=fashion_manifest, uri=uri))
+    proc, log = _launch(tmp_path, OUTAGE_SPEC.format(manifest=data, uri=uri))
     client, stopped_ms, down_s = MlflowClient(tracking_uri=uri), None, 0.0
     try:
         deadline = time.time() + 600
@@ -181,48 +206,10 @@ def test_the_mlflow_server_down_for_30_s_mid_trial_loses_nothing(tmp_path, fashi
         assert sorted(loss_steps) == list(range(5, 81, 5)), sorted(loss_steps)  # every log step, once
         assert sorted(m.step for m in client.get_metric_history(run_id, "fid1")) == [0, 40, 80]
         fig = trial_figures(client, run_id, 80, stopped_ms)
+        assert fig["samples_skipped"] >= 1, "the skipped samples must be counted"
         record("MLflow server stopped 30 s mid-trial (the trial waits)", "1 / 1", fig["steps_redone"], 0, 0,
-               fig["samples_skipped"], fig["seconds_added"], down_s=round(down_s), wall_s=time.time() - t0)
+               "-", fig["seconds_added"], down_s=round(down_s), wall_s=time.time() - t0)
+        record("corrupt samples (same size), on_corrupt: skip (same trial)", "1 / 1", 0, 0, 0,
+               f"{fig['samples_skipped']} (counted, metric samples_skipped)", "-", wall_s=time.time() - t0)
     finally:
         stop_server(server)
-
-
-CORRUPT_SPEC = """
-name: corrupt
-data: {{manifest: {manifest}, on_corrupt: skip}}
-base:
-  preset: tiny-cpu
-  overrides: {{total_steps: 40, batch_size: 32, model.size: micro}}
-train: {{workers: 1, eval_every: 40, log_every: 5, eval_samples: 200}}
-search: {{num_trials: 1, max_concurrent: 1, early_stopping: {{scheduler: none}}}}
-"""
-
-
-def test_a_corrupted_sample_is_skipped_and_counted(tmp_path, fashion_manifest):
-    """A sample's bytes overwritten (same size: the size check passes it): with on_corrupt: skip the trial
-    completes and counts what it skipped; nothing is skipped silently."""
-    import shutil
-
-    data_dir = tmp_path / "data"
-    shutil.copytree(Path(fashion_manifest).parent, data_dir)
-    broken = 0
-    for shard in sorted(data_dir.glob("shard-*.tar")):  # every 50th sample of every shard: some are read
-        data = bytearray(shard.read_bytes())
-        at, i = data.find(b"\x93NUMPY"), 0
-        while at >= 0:
-            if i % 50 == 49:
-                data[at:at + 6] = b"BROKEN"
-                broken += 1
-            at, i = data.find(b"\x93NUMPY", at + 6), i + 1
-        shard.write_bytes(bytes(data))
-    assert broken > 100
-    t0 = time.time()
-    proc, log = _launch(tmp_path, CORRUPT_SPEC.format(manifest=data_dir / Path(fashion_manifest).name))
-    _wait(proc, 600)
-    out = log.read_text()
-    assert proc.returncode == 0, out[-3000:]
-    client, runs = _trial_run(tmp_path / "runs")
-    skipped = client.get_metric_history(runs[0].info.run_id, "samples_skipped")
-    assert skipped and max(m.value for m in skipped) >= 1, "the skipped sample must be counted"
-    record("corrupted sample (same size), on_corrupt: skip", "1 / 1", 0, 0, 0,
-           int(max(m.value for m in skipped)), "-", wall_s=time.time() - t0)

@@ -12,6 +12,7 @@ import pytest
 
 from alphaflow.data import prepare_arrays, read_manifest
 from alphaflow.data.preflight import ShardCheckError, check_shards
+from tests.fault_table import record
 
 CLI = [sys.executable, "-m", "orchestrator.cli"]
 
@@ -60,6 +61,7 @@ def test_missing_shard_is_exit_2_naming_it(tmp_path, prepared):
     _no_sweep_run(run_dir)
 
 
+@pytest.mark.faults
 def test_truncated_shard_is_exit_2(tmp_path, prepared):
     rec = read_manifest(str(prepared)).shards[1]
     with open(rec.url, "r+b") as f:
@@ -68,8 +70,10 @@ def test_truncated_shard_is_exit_2(tmp_path, prepared):
     assert res.returncode == 2, res.stderr
     assert rec.url in res.stderr and "truncated" in res.stderr
     _no_sweep_run(run_dir)
+    record("truncated shard", "refused before any trial (exit 2, names the shard)", 0, 0, 0, 0, "-")
 
 
+@pytest.mark.faults
 def test_flipped_byte_passes_size_but_not_sha256(tmp_path, prepared):
     rec = read_manifest(str(prepared)).shards[0]
     data = bytearray(Path(rec.url).read_bytes())
@@ -81,6 +85,8 @@ def test_flipped_byte_passes_size_but_not_sha256(tmp_path, prepared):
         check_shards(m, "sha256")
     res, _ = _launch(tmp_path, prepared, verify="sha256")
     assert res.returncode == 2 and rec.url in res.stderr and "sha256" in res.stderr, res.stderr
+    record("corrupted shard (flipped byte), verify: sha256", "refused before any trial (exit 2, names the shard)",
+           0, 0, 0, 0, "-")
 
 
 @pytest.mark.s3
