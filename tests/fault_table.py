@@ -25,18 +25,29 @@ def record(fault: str, completed: str, steps_redone: int | str, runs_lost: int, 
 
 
 def trial_figures(client, run_id: str, total_steps: int, fault_ms: float) -> dict:
-    """From the trial's own MLflow history: steps redone (the steps logged before each restart beyond the step it
-    resumed from: a lower bound by at most one log interval), and seconds added (the trial's wall seconds beyond
-    what its healthy pace before the fault would take for all its steps)."""
-    losses = client.get_metric_history(run_id, "loss")
+    """From the trial's own MLflow history:
+    - steps redone: the steps logged before each restart beyond the step it resumed from (a lower bound by at most
+      one log interval);
+    - seconds added: from the last step logged before the fault to the first step logged beyond it after
+      recovery, less what those steps take at the trial's healthy pace (the median seconds per step between its
+      log steps before the fault; start-up and step 0 excluded)."""
+    import statistics
+
+    losses = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
     steps_redone = 0
     for r in client.get_metric_history(run_id, "restarts"):
         before = [m.step for m in losses if m.timestamp < r.timestamp]
         steps_redone += max(0, max(before, default=0) - r.step)
-    walls = sorted(client.get_metric_history(run_id, "wall_s"), key=lambda m: m.step)
-    healthy = [m for m in walls if m.timestamp < fault_ms and m.step > 0]
-    final = walls[-1].value if walls else 0.0
-    added = final - total_steps * (healthy[-1].value / healthy[-1].step) if healthy else float("nan")
+    healthy = [m for m in losses if m.timestamp < fault_ms]
+    added = float("nan")
+    if len(healthy) >= 3:
+        last = healthy[-1]
+        back = [m for m in losses if m.timestamp >= fault_ms and m.step > last.step]
+        pace = statistics.median((b.timestamp - a.timestamp) / 1000 / (b.step - a.step)
+                                 for a, b in zip(healthy[1:], healthy[2:]))
+        if back:
+            first = back[0]
+            added = (first.timestamp - last.timestamp) / 1000 - (first.step - last.step) * pace
     skipped = client.get_metric_history(run_id, "samples_skipped")
     return {"steps_redone": steps_redone, "seconds_added": added,
             "samples_skipped": int(max((m.value for m in skipped), default=0))}
