@@ -28,9 +28,10 @@ def trial_figures(client, run_id: str, total_steps: int, fault_ms: float) -> dic
     """From the trial's own MLflow history:
     - steps redone: the steps logged before each restart beyond the step it resumed from (a lower bound by at most
       one log interval);
-    - seconds added: from the last step logged before the fault to the first step logged beyond it after
-      recovery, less what those steps take at the trial's healthy pace (the median seconds per step between its
-      log steps before the fault; start-up and step 0 excluded)."""
+    - seconds added: over the log intervals that end after the fault, the time beyond twice what their steps take
+      at the trial's median pace (jitter stays below that; an interval holding a restart or a wait does not).
+      Intervals ending at an evaluation are left out (the evaluation's own time). A metric's timestamp is taken
+      before it is sent, so a wait for a server shows in the interval after the one it blocked."""
     import statistics
 
     losses = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
@@ -38,16 +39,16 @@ def trial_figures(client, run_id: str, total_steps: int, fault_ms: float) -> dic
     for r in client.get_metric_history(run_id, "restarts"):
         before = [m.step for m in losses if m.timestamp < r.timestamp]
         steps_redone += max(0, max(before, default=0) - r.step)
-    healthy = [m for m in losses if m.timestamp < fault_ms]
+    evaluated = {m.step for m in client.get_metric_history(run_id, "fid1")}
+    pairs = [(a, b) for a, b in zip(losses, losses[1:]) if b.step not in evaluated]
     added = float("nan")
-    if len(healthy) >= 3:
-        last = healthy[-1]
-        back = [m for m in losses if m.timestamp >= fault_ms and m.step > last.step]
-        pace = statistics.median((b.timestamp - a.timestamp) / 1000 / (b.step - a.step)
-                                 for a, b in zip(healthy[1:], healthy[2:]))
-        if back:
-            first = back[0]
-            added = (first.timestamp - last.timestamp) / 1000 - (first.step - last.step) * pace
+    if pairs:
+        pace = statistics.median((b.timestamp - a.timestamp) / 1000 / (b.step - a.step) for a, b in pairs)
+        added = 0.0
+        for a, b in pairs:
+            took, expected = (b.timestamp - a.timestamp) / 1000, (b.step - a.step) * pace
+            if b.timestamp >= fault_ms and took > 2 * expected:
+                added += took - expected
     skipped = client.get_metric_history(run_id, "samples_skipped")
     return {"steps_redone": steps_redone, "seconds_added": added,
             "samples_skipped": int(max((m.value for m in skipped), default=0))}
