@@ -7,6 +7,7 @@ Every error comes out as one `SpecError` line that names the file and the key, e
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -263,6 +264,21 @@ def _show_key(key) -> str:
     return text if text and text.isprintable() and text.strip() == text else repr(text)
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML as people write numbers: YAML 1.1 reads `1e4` and `1.0e4` (no dot or no exponent sign) as strings."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """A spec's YAML (or a --set value), with 1e4-style numbers read as numbers."""
+    return yaml.load(text, Loader=_SpecLoader)
+
+
 def _first_error(path: str, e: ValidationError) -> SpecError:
     err = e.errors()[0]
     msg = err["msg"].replace("Value error, ", "")
@@ -299,7 +315,7 @@ def apply_sets(raw: dict, sets: list[str], path: str) -> dict:
             raise SpecError(f"{path}: --set {item!r}: expected key=value")
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text)
+            value = read_yaml(text)
         except yaml.YAMLError:
             value = text
         # method keys may contain dots themselves (base.overrides.alpha.k_e): keep the rest of the key whole
@@ -329,7 +345,7 @@ def load_spec(path: str | Path, sets: list[str] | None = None) -> SweepSpec:
     if not p.is_file():
         raise SpecError(f"{p}: spec file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = read_yaml(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -230,7 +230,7 @@ def resume(sweep_name, run_dir, address, tracking_uri, storage, optuna_storage):
 
 
 @main.command()
-@click.argument("sweep_name", metavar="SWEEP", required=False)
+@click.argument("sweep_name", metavar="[SWEEP]", required=False)
 @click.option("--experiment", default="afsweep", show_default=True)
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or the run dir's.")
 @click.option("--json", "as_json", is_flag=True)
@@ -273,9 +273,22 @@ def _swept(r) -> list[str]:
     return [k for k in r.params.get("swept", "").split(",") if k]
 
 
+def _param_value(text: str | None):
+    """An MLflow param (always a string) as the value it was: numbers as numbers, the rest as text."""
+    if text is None:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
+
 def _best_dict(r) -> dict:
     return {"run_id": r.run_id, "run_name": r.run_name, "sweep": r.sweep, "metric": r.metric, "value": r.value,
-            "step": r.step, "params": {k: r.params.get(k) for k in _swept(r)}, "model_uri": r.model_uri}
+            "step": r.step, "params": {k: _param_value(r.params.get(k)) for k in _swept(r)},
+            "model_uri": r.model_uri}
 
 
 def _registered_model_of(client, run_id: str) -> str:
