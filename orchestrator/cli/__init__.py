@@ -22,7 +22,8 @@ RUN_DIR_OPTION = click.option(
 
 def _one_line(e: Exception) -> str:
     """An error message on one line whatever it quotes (a key or a value may hold a newline)."""
-    return str(e).replace("\r", "\\r").replace("\n", "\\n")
+    # every character that could break the line (\n, \r, \x85, \u2028, ...) is written escaped
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(e))
 
 
 class _Group(click.Group):
