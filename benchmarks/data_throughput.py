@@ -8,9 +8,9 @@ raw sequential read of the same shard bytes; time to first batch. Target: reader
 
 Raw = every shard read whole, in order, one at a time (local: open().read(); S3: one get_object per shard, drained).
 Reader = a fresh loader on rank 0 of 1 reading exact epochs, measured two ways: "reader" is
-`loader.raw_batches(copy=False)`, the batches as they cross to the trainer's device (stored dtype, gathered and
+`loader.raw_batches(copy=False)`, the batches as they cross to the training process's device (stored dtype, gathered and
 shuffled; a GPU then normalises them, so this is all a GPU node's CPU does); "CPU-normalised" iterates the loader on the CPU, each batch also widened to
-float32 and normalised here, as a CPU-only trainer gets them. A row reads at least --min-gb through each after the
+float32 and normalised here, as a CPU-only training process gets them. A row reads at least --min-gb through each after the
 reader's first epoch (small sets: several epochs, the raw read as many times): the reader is endless and a training
 run reads for hours, so the throughput columns are rates over that much data, sustained; the loader's start-up
 (forking workers, the first runs) shows in "first batch s", and "1st epoch/raw" is the first epoch's rate with its
@@ -73,8 +73,8 @@ def raw_read(url: str, times: int = 1) -> tuple[float, int]:
 def reader_read(url: str, batch: int, workers: int, epochs: int = 1, on: str = "device") -> dict:
     """A fresh loader read for 1 + `epochs` exact epochs: the time to its first batch, the first epoch's seconds
     (start-up included), and the seconds and busy CPU seconds of the `epochs` after it (the sustained rate).
-    on="device": the batches as they cross to the trainer's device (stored dtype; a GPU normalises them), what the
-    CPU of a GPU node does. on="cpu": normalised to float32 on this CPU, as a CPU-only trainer gets them."""
+    on="device": the batches as they cross to the training process's device (stored dtype; a GPU normalises them), what the
+    CPU of a GPU node does. on="cpu": normalised to float32 on this CPU, as a CPU-only training process gets them."""
     loader = make_train_loader(url, batch_size=batch, rank=0, world_size=1, seed=0, mode="exact",
                                num_workers=workers, prefetch=4)
     n = loader.batches_per_epoch

@@ -64,7 +64,7 @@ def sweep_evaluation(n: int) -> list[tuple[str, float]]:
     from alphaflow.data import get_codec
     from alphaflow.evaluation import eval_inputs
     from alphaflow.presets import get_preset
-    from alphaflow.trainer import Trainer
+    from alphaflow.train_state import TrainState
 
     rows = []
     x_test, _ = load_builtin("fashion-mnist", "test")
@@ -73,13 +73,13 @@ def sweep_evaluation(n: int) -> list[tuple[str, float]]:
     ref = compute_reference_stats(x_test, ext, "fashion-mnist:test")
     rows.append(("reference statistics, 10k test images (once per data set)", time.perf_counter() - t0))
     cfg = get_preset("tiny-cpu")
-    trainer = Trainer(cfg, image_shape=(1, 28, 28), num_classes=10)
+    train_state = TrainState(cfg, image_shape=(1, 28, 28), num_classes=10)
     codec = get_codec("identity")
     noise, labels = eval_inputs(n, (1, 28, 28), 10, seed=1234)
     total = 0.0
     for nfe in (1, 2):
         t0 = time.perf_counter()
-        imgs = np.concatenate([codec.decode(trainer.sample(noise[i:i + 500], labels[i:i + 500], nfe=nfe))
+        imgs = np.concatenate([codec.decode(train_state.sample(noise[i:i + 500], labels[i:i + 500], nfe=nfe))
                                for i in range(0, n, 500)])
         t1 = time.perf_counter()
         sample_metrics(imgs, labels.numpy(), ext, ref)

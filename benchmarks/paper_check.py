@@ -71,21 +71,21 @@ def run_one(name: str, seed: int, args, manifest_url: str, shared) -> RunResult:
     from alphaflow.data import make_train_loader
     from alphaflow.evaluation import evaluate_generator
     from alphaflow.presets import get_preset
-    from alphaflow.trainer import NonFiniteLossError, Trainer
+    from alphaflow.train_state import NonFiniteLossError, TrainState
 
     m, ext, ref, decode = shared
     cfg = apply_overrides(get_preset("tiny-cpu"), {
         **CONFIGS[name], "seed": seed, "total_steps": args.steps, "batch_size": args.batch_size,
         "diagnostics_every": 0})
-    trainer = Trainer(cfg, image_shape=tuple(m.image_shape), num_classes=m.num_classes)
+    train_state = TrainState(cfg, image_shape=tuple(m.image_shape), num_classes=m.num_classes)
     batches = iter(make_train_loader(manifest_url, batch_size=cfg.batch_size, rank=0, world_size=1, seed=seed))
 
     t0 = time.perf_counter()
     losses, max_gn, error = [], 0.0, ""
     try:
-        while trainer.step < cfg.total_steps:
+        while train_state.step < cfg.total_steps:
             x, y = next(batches)
-            logs = trainer.train_step(x, y)
+            logs = train_state.train_step(x, y)
             losses.append(logs.get("loss_unweighted", logs["loss"]))
             max_gn = max(max_gn, logs["grad_norm"])
     except NonFiniteLossError as e:
@@ -95,7 +95,7 @@ def run_one(name: str, seed: int, args, manifest_url: str, shared) -> RunResult:
     t0 = time.perf_counter()
     fid1 = fid2 = math.nan
     if not error:
-        res = evaluate_generator(lambda z, y, nfe: trainer.sample(z, y, nfe=nfe),
+        res = evaluate_generator(lambda z, y, nfe: train_state.sample(z, y, nfe=nfe),
                                  decode, tuple(m.image_shape), m.num_classes,
                                  ext, ref, n=args.eval_n)
         fid1, fid2 = res.metrics["fid1"], res.metrics["fid2"]

@@ -16,7 +16,7 @@ import torch
 
 from alphaflow.config import apply_overrides
 from alphaflow.presets import get_preset
-from alphaflow.trainer import Trainer
+from alphaflow.train_state import TrainState
 
 
 def bench(size: str, batch: int, steps: int, rounds: int) -> dict[str, float]:
@@ -30,7 +30,7 @@ def bench(size: str, batch: int, steps: int, rounds: int) -> dict[str, float]:
         cfg = apply_overrides(get_preset("tiny-cpu"), {
             "model.size": size, "batch_size": batch, "diagnostics_every": 0, "total_steps": 10 ** 6,
             "alpha.kind": "constant", "alpha.start": alpha, "ratio_fm.start": 0.5})
-        tr = Trainer(cfg, shape, 10)
+        tr = TrainState(cfg, shape, 10)
         fns[name] = lambda tr=tr: tr.train_step(x, y)
     model, opt = tr.model, tr.optimizer
     t = torch.rand(batch)

@@ -38,23 +38,23 @@ def bare_trial(cfg, manifest_url: str, eval_every: int, eval_samples: int) -> fl
     from alphaflow.evaluation import LatentDecoder
     from alphaflow.evaluation import evaluate_generator
     from alphaflow.metrics import ReferenceStats, load_extractor
-    from alphaflow.trainer import Trainer
+    from alphaflow.train_state import TrainState
 
     t0 = time.perf_counter()
     m = read_manifest(manifest_url)
-    trainer = Trainer(cfg, image_shape=tuple(m.image_shape), num_classes=m.num_classes)
+    train_state = TrainState(cfg, image_shape=tuple(m.image_shape), num_classes=m.num_classes)
     loader = iter(make_train_loader(manifest_url, batch_size=cfg.batch_size, rank=0, world_size=1, seed=cfg.seed))
     ext, ref, decode = load_extractor("fashion-mnist-cnn"), ReferenceStats.load(m.fid_reference), LatentDecoder.of(m)
 
     def evaluate():
-        evaluate_generator(lambda z, y, nfe: trainer.sample(z, y, nfe=nfe), decode,
+        evaluate_generator(lambda z, y, nfe: train_state.sample(z, y, nfe=nfe), decode,
                            tuple(m.image_shape), m.num_classes, ext, ref, n=eval_samples)
 
     evaluate()
-    while trainer.step < cfg.total_steps:
+    while train_state.step < cfg.total_steps:
         x, y = next(loader)
-        trainer.train_step(x, y)
-        if trainer.step % eval_every == 0 or trainer.step == cfg.total_steps:
+        train_state.train_step(x, y)
+        if train_state.step % eval_every == 0 or train_state.step == cfg.total_steps:
             evaluate()
     return time.perf_counter() - t0
 

@@ -141,7 +141,7 @@ def test_batches_the_trainer_keeps_are_never_overwritten(local_set):
 
 @pytest.mark.parametrize("raw", [False, True])
 def test_worker_chunks_keep_coming_in_pooled_buffers(local_set, monkeypatch, raw):
-    """The trainer gives every chunk buffer back once it has handed out its batches (kept or not): the workers
+    """The training process gives every chunk buffer back once it has handed out its batches (kept or not): the workers
     never fall back to fresh shared memory, whose handle would cross the socket with every chunk."""
     from alphaflow.data import loader as loader_module
 

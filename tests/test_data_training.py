@@ -1,4 +1,4 @@
-"""Short data-parallel training from S3: 2 ranks (gloo) x 2 loader workers each, the alphaflow Trainer, the
+"""Short data-parallel training from S3: 2 ranks (gloo) x 2 loader workers each, the alphaflow TrainState, the
 worker's checkpoint-and-resume flow (rank 0 saves its loader position; every rank resumes from it)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _rank_main(rank: int, url: str, port: int, out: str, steps: int, resume: boo
 
     from alphaflow.config import apply_overrides
     from alphaflow.presets import get_preset
-    from alphaflow.trainer import Trainer
+    from alphaflow.train_state import TrainState
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -35,22 +35,22 @@ def _rank_main(rank: int, url: str, port: int, out: str, steps: int, resume: boo
         cfg = apply_overrides(get_preset("tiny-cpu"), {"model.size": "micro", "model.patch_size": 2,
                                                        "batch_size": BATCH * WORLD, "total_steps": 40})
         m = read_manifest(url)
-        trainer = Trainer(cfg, image_shape=m.image_shape, num_classes=m.num_classes)
+        train_state = TrainState(cfg, image_shape=m.image_shape, num_classes=m.num_classes)
         ckpt = Path(out) / "model.pt"
-        position = trainer.load_checkpoint(str(ckpt))["position"] if resume else None
+        position = train_state.load_checkpoint(str(ckpt))["position"] if resume else None
         loader = make_train_loader(url, batch_size=BATCH, rank=rank, world_size=WORLD, seed=cfg.seed, mode="exact",
                                    num_workers=WORKERS, position=position)
         batches = iter(loader)
         keys, losses = [], []
         for _ in range(steps):
             x, y = next(batches)
-            losses.append(trainer.train_step(x, y)["loss"])
+            losses.append(train_state.train_step(x, y)["loss"])
             keys.append(loader.last_keys)
-            if not resume and trainer.step == SAVE_AT and rank == 0:
-                trainer.save_checkpoint(str(ckpt), extra={"position": loader.position()})
+            if not resume and train_state.step == SAVE_AT and rank == 0:
+                train_state.save_checkpoint(str(ckpt), extra={"position": loader.position()})
         tag = "resumed" if resume else "first"
         Path(out, f"{tag}-rank{rank}.json").write_text(json.dumps({"keys": keys, "losses": losses,
-                                                                  "step": trainer.step}))
+                                                                  "step": train_state.step}))
     finally:
         dist.destroy_process_group()
 

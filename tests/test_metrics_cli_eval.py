@@ -15,7 +15,7 @@ from alphaflow.data.sources import load_builtin
 from alphaflow.evaluation import evaluate_generator
 from alphaflow.metrics import ReferenceStats, compute_reference_stats, load_extractor
 from alphaflow.presets import get_preset
-from alphaflow.trainer import Trainer
+from alphaflow.train_state import TrainState
 from orchestrator.cli import main
 
 N = 60
@@ -31,12 +31,12 @@ def store(tmp_path_factory):
     cfg = apply_overrides(get_preset("tiny-cpu"), {"model.size": "micro", "model.patch_size": 2, "total_steps": 3,
                                                    "batch_size": 16})
     x, y = load_builtin("digits", "train")
-    trainer = Trainer(cfg, image_shape=(1, 8, 8), num_classes=10)
+    train_state = TrainState(cfg, image_shape=(1, 8, 8), num_classes=10)
     latents = torch.from_numpy(get_codec("identity").encode(x[:48]))
     for i in range(3):
-        trainer.train_step(latents[16 * i:16 * (i + 1)], torch.from_numpy(y[16 * i:16 * (i + 1)]))
+        train_state.train_step(latents[16 * i:16 * (i + 1)], torch.from_numpy(y[16 * i:16 * (i + 1)]))
     ckpt = root / "model.pt"
-    trainer.save_checkpoint(str(ckpt), extra={"data": {"mean": [0.0], "std": [1.0], "codec": "identity",
+    train_state.save_checkpoint(str(ckpt), extra={"data": {"mean": [0.0], "std": [1.0], "codec": "identity",
                                                        "dataset_id": "digits:train", "class_names": []}})
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -46,7 +46,7 @@ def store(tmp_path_factory):
     client.create_registered_model("afsweep-digits")
     version = client.create_model_version("afsweep-digits", source=f"runs:/{run_id}/checkpoint", run_id=run_id)
     client.set_registered_model_alias("afsweep-digits", "best-fid1", version.version)
-    return {"root": root, "uri": uri, "client": client, "run_id": run_id, "trainer": trainer}
+    return {"root": root, "uri": uri, "client": client, "run_id": run_id, "train_state": train_state}
 
 
 def _eval(store, *args):
@@ -69,9 +69,9 @@ def test_eval_of_a_run_logs_the_training_time_numbers(store):
     ext = load_extractor("digits-cnn")
     x_test, _ = load_builtin("digits", "test")
     ref = compute_reference_stats(x_test, ext, "digits:test")
-    trainer, codec = store["trainer"], get_codec("identity")
+    train_state, codec = store["train_state"], get_codec("identity")
     with threadpool_limits(1):
-        expected = evaluate_generator(lambda z, y, nfe: trainer.sample(z, y, nfe=nfe, ema=True), codec.decode,
+        expected = evaluate_generator(lambda z, y, nfe: train_state.sample(z, y, nfe=nfe, ema=True), codec.decode,
                                       (1, 8, 8), 10, ext, ref, n=N).metrics
     assert metrics[f"fid1_digits-cnn_n{N}"] == pytest.approx(expected["fid1"], rel=1e-6)
     assert metrics[f"fid2_digits-cnn_n{N}"] == pytest.approx(expected["fid2"], rel=1e-6)

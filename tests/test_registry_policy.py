@@ -18,16 +18,16 @@ _ids = itertools.count()
 def store(tmp_path_factory):
     from alphaflow.presets import get_preset
     from alphaflow.config import apply_overrides
-    from alphaflow.trainer import Trainer
+    from alphaflow.train_state import TrainState
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = tracking.client_for(uri)
     exp = tracking.ensure_experiment(client, "afsweep", root / "mlartifacts")
     cfg = apply_overrides(get_preset("tiny-cpu"), {"model.size": "micro"})
-    trainer = Trainer(cfg, image_shape=(1, 8, 8), num_classes=3)
+    train_state = TrainState(cfg, image_shape=(1, 8, 8), num_classes=3)
     ckpt = root / "model.pt"
-    trainer.save_checkpoint(str(ckpt), extra={"data": {"mean": [0.0], "std": [1.0], "codec": "identity",
+    train_state.save_checkpoint(str(ckpt), extra={"data": {"mean": [0.0], "std": [1.0], "codec": "identity",
                                                        "dataset_id": "toy", "class_names": []}})
     return client, uri, exp, ckpt
 

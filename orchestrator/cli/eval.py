@@ -140,7 +140,7 @@ def evaluate_run(client, run_id: str, extractor_id: str | None, n: int, nfes: tu
     from alphaflow.evaluation import LatentDecoder, score_sampler
     from alphaflow.metrics import load_extractor
     from alphaflow.sampling import sample
-    from alphaflow.trainer import EVAL_NOISE_SEED
+    from alphaflow.train_state import EVAL_NOISE_SEED
 
     with tempfile.TemporaryDirectory() as tmp:
         model, info = load_generator(download_checkpoint(client, run_id, tmp), ema=True)
@@ -161,7 +161,7 @@ def evaluate_run(client, run_id: str, extractor_id: str | None, n: int, nfes: tu
 
     def sampler(nfe: int):
         def fn(noise, labels):
-            # as Trainer.sample: the consistency sampler's fresh noise restarts from one seed in every batch
+            # as TrainState.sample: the consistency sampler's fresh noise restarts from one seed in every batch
             gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
             return sample(model, noise, labels, nfe=nfe, two_nfe=two_nfe, t_mid=t_mid, generator=gen)
         return fn

@@ -64,18 +64,18 @@ def time_steps(cfg, image_shape, num_classes: int, batch: int, steps: int = 3) -
     import torch
 
     from alphaflow.config import apply_overrides
-    from alphaflow.trainer import Trainer
+    from alphaflow.train_state import TrainState
 
     x = torch.randn(batch, *image_shape)
     y = torch.randint(0, num_classes, (batch,))
     costs = []
     for alpha in (1.0, 0.0):  # the curriculum spends its time between these two stages
         c = apply_overrides(cfg, {"alpha.kind": "constant", "alpha.start": alpha, "alpha.end": alpha})
-        trainer = Trainer(c, image_shape=image_shape, num_classes=num_classes)
-        trainer.train_step(x, y)  # warm-up
+        train_state = TrainState(c, image_shape=image_shape, num_classes=num_classes)
+        train_state.train_step(x, y)  # warm-up
         t0 = time.perf_counter()
         for _ in range(steps):
-            trainer.train_step(x, y)
+            train_state.train_step(x, y)
         costs.append((time.perf_counter() - t0) / steps)
     return sum(costs) / len(costs)
 

@@ -1,6 +1,6 @@
 """The Ray Train worker loop: data-parallel alpha-Flow training of one trial.
 
-Every rank trains on its own disjoint shards; gradients are averaged by the alphaflow Trainer. Rank 0 evaluates,
+Every rank trains on its own disjoint shards; gradients are averaged by the alphaflow TrainState. Rank 0 evaluates,
 logs to the trial's MLflow child run and passes checkpoints (its `Evaluator`); every rank calls `ray.train.report`
 at the same steps (docs/platform.md#reporting-from-every-rank), so Tune sees rank 0's metrics.
 """
@@ -115,11 +115,11 @@ class RunningMeans:
 class Evaluator:
     """Rank 0's evaluation: score 1- and 2-NFE samples (and the probes), keep the best, log grids and checkpoints."""
 
-    def __init__(self, trainer, manifest, trial, log: RunLogger):
+    def __init__(self, train_state, manifest, trial, log: RunLogger):
         from alphaflow.evaluation import LatentDecoder
         from alphaflow.metrics import ReferenceStats, load_extractor
 
-        self.trainer, self.manifest, self.trial, self.log = trainer, manifest, trial, log
+        self.trainer, self.manifest, self.trial, self.log = train_state, manifest, trial, log
         self.extractor = load_extractor(trial.sweep.extractor)
         # this node's own copy (an S3 manifest's statistics are cached locally by read_manifest on each node)
         self.reference = ReferenceStats.load(manifest.fid_reference)
@@ -141,18 +141,18 @@ class Evaluator:
         the instantaneous velocity u(z, t, t) (fid_v<N>, a probe of how well v is learned)."""
         from alphaflow.evaluation import evaluate_generator
 
-        cfg, trainer = self.trial.method, self.trainer
+        cfg, train_state = self.trial.method, self.trainer
         result = evaluate_generator(
-            sample_fn=lambda z, y, nfe: trainer.sample(z, y, nfe=nfe, ema=True), decode_fn=self.decode,
+            sample_fn=lambda z, y, nfe: train_state.sample(z, y, nfe=nfe, ema=True), decode_fn=self.decode,
             image_shape=tuple(self.manifest.image_shape), num_classes=self.manifest.num_classes,
             extractor=self.extractor, reference=self.reference, n=self.trial.train.eval_samples,
             two_nfe_name=cfg.sampling.two_nfe)
         m = dict(result.metrics)
         for hl in cfg.ema.extra_half_lives:
-            m[f"fid1_ema{hl:g}"] = self._score(lambda z, y, hl=hl: trainer.sample(z, y, nfe=1, half_life=hl))
+            m[f"fid1_ema{hl:g}"] = self._score(lambda z, y, hl=hl: train_state.sample(z, y, nfe=1, half_life=hl))
         if self.trial.train.eval_nstep > 0:
             n = self.trial.train.eval_nstep
-            m[f"fid_v{n}"] = self._score(lambda z, y: trainer.sample_velocity(z, y, steps=n))
+            m[f"fid_v{n}"] = self._score(lambda z, y: train_state.sample_velocity(z, y, steps=n))
         return m, result
 
     def update_best(self, m: dict[str, float], step: int) -> bool:
@@ -236,7 +236,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from alphaflow.data import make_train_loader, read_manifest
-    from alphaflow.trainer import NonFiniteLossError, Trainer
+    from alphaflow.train_state import NonFiniteLossError, TrainState
     from orchestrator.sweep.ray_adapter import quiet_train_report_lines
     from orchestrator.trial.config import TrialConfig
 
@@ -248,10 +248,10 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     manifest = read_manifest(trial.sweep.manifest)
     # the GPU Ray Train gave this worker (use_gpu: true), else the CPU
-    trainer = Trainer(cfg, image_shape=tuple(manifest.image_shape), num_classes=manifest.num_classes,
+    train_state = TrainState(cfg, image_shape=tuple(manifest.image_shape), num_classes=manifest.num_classes,
                       device=str(ray.train.torch.get_device()))
     log = RunLogger(trial.sweep.tracking_uri, trial.run_id) if rank == 0 else None
-    evaluator = Evaluator(trainer, manifest, trial, log) if rank == 0 else None
+    evaluator = Evaluator(train_state, manifest, trial, log) if rank == 0 else None
 
     position = None
     ckpt = ray.train.get_checkpoint()
@@ -260,18 +260,18 @@ def train_loop(config: dict[str, Any]) -> None:
             if (Path(d) / DIVERGED_FILE).exists():  # a resumed trial that had diverged: it ends the same way
                 _report_divergence((Path(d) / DIVERGED_FILE).read_text(), 0, cfg.total_steps, rank == 0)
                 return
-            extra = trainer.load_checkpoint(str(Path(d) / CHECKPOINT_FILE))
+            extra = train_state.load_checkpoint(str(Path(d) / CHECKPOINT_FILE))
         if evaluator is not None:
             evaluator.best.update(extra.get("best", {}))
         position = extra.get("position")
         if log:
-            log.restarted_at(trainer.step)
+            log.restarted_at(train_state.step)
 
     d = trial.data
     loader = make_train_loader(trial.sweep.manifest, batch_size=max(1, cfg.batch_size // world), rank=rank,
                                world_size=world, seed=cfg.seed, mode=d.order, num_workers=d.loader_workers, position=position,
                                on_corrupt=d.on_corrupt, verify=d.verify, cache_dir=d.cache_dir,
-                               device=trainer.device)
+                               device=train_state.device)
     clock = CostClock(world, log.spent_before if log else dict.fromkeys(COST_KEYS, 0.0))
     means = RunningMeans()
     total = cfg.total_steps
@@ -279,21 +279,21 @@ def train_loop(config: dict[str, Any]) -> None:
     def report(step: int, score: bool = True) -> None:
         _report(step, total, evaluator, clock.totals(), means.means(), loader.position(), score)
 
-    if trainer.step == 0:
+    if train_state.step == 0:
         report(0)  # the untrained model's score, the baseline every trial is compared with
     batches = iter(loader)
-    while trainer.step < total:
+    while train_state.step < total:
         x, y = next(batches)
         try:
-            means.add(trainer.train_step(x, y))
+            means.add(train_state.train_step(x, y))
         except NonFiniteLossError as e:
             # every rank sees the same all-reduced loss and stops here together. Not raised: Ray Train would
             # restart the worker group from its checkpoint and diverge again; the trial fails once, clearly.
             if log:
                 log.tag("afsweep.error", str(e))
-            _report_divergence(str(e), trainer.step, total, rank == 0)
+            _report_divergence(str(e), train_state.step, total, rank == 0)
             return
-        step = trainer.step
+        step = train_state.step
         evaluating = step % train.eval_every == 0 or step == total
         if log and step % train.log_every == 0 and not evaluating:  # an evaluation logs the means itself
             log.metrics({**means.means(), **clock.totals(), "samples_skipped": loader.skipped}, step)

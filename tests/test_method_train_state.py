@@ -1,4 +1,4 @@
-"""Trainer: a step, checkpoints (atomic, weights_only, resume), NonFiniteLossError, presets, 2-rank gloo sync."""
+"""TrainState: a step, checkpoints (atomic, weights_only, resume), NonFiniteLossError, presets, 2-rank gloo sync."""
 
 import math
 import os
@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from alphaflow.checkpoint import load_generator, load_state
 from alphaflow.config import apply_overrides
 from alphaflow.presets import PRESETS, get_preset
-from alphaflow.trainer import NonFiniteLossError, Trainer
+from alphaflow.train_state import NonFiniteLossError, TrainState
 
 torch.set_num_threads(1)
 SHAPE = (1, 8, 8)
@@ -30,7 +30,7 @@ def data(step, n=8):
 
 
 def test_train_step_logs_and_moves_weights():
-    tr = Trainer(small_cfg(), SHAPE, 10)
+    tr = TrainState(small_cfg(), SHAPE, 10)
     before = [p.detach().clone() for p in tr.model.parameters()]
     logs = tr.train_step(*data(0))
     assert tr.step == 1
@@ -42,7 +42,7 @@ def test_train_step_logs_and_moves_weights():
 
 
 def test_all_stages_run_and_grad_cos_appears():
-    tr = Trainer(small_cfg(total_steps=8, **{"alpha.k_s": 0.1, "alpha.k_e": 0.6}), SHAPE, 10)
+    tr = TrainState(small_cfg(total_steps=8, **{"alpha.k_s": 0.1, "alpha.k_e": 0.6}), SHAPE, 10)
     seen = []
     for i in range(8):
         logs = tr.train_step(*data(i))
@@ -54,7 +54,7 @@ def test_all_stages_run_and_grad_cos_appears():
 
 def test_checkpoint_round_trip_and_resume_gives_identical_next_step(tmp_path):
     path = str(tmp_path / "ck" / "model.pt")
-    a = Trainer(small_cfg(), SHAPE, 10)
+    a = TrainState(small_cfg(), SHAPE, 10)
     for i in range(3):
         a.train_step(*data(i))
     a.save_checkpoint(path, extra={"best": {"fid1": 1.5}, "position": [1, 2]})
@@ -62,7 +62,7 @@ def test_checkpoint_round_trip_and_resume_gives_identical_next_step(tmp_path):
     state = torch.load(path, weights_only=True)                 # plain containers and tensors only
     assert state["step"] == 3 and state["num_classes"] == 10
 
-    b = Trainer(small_cfg(), SHAPE, 10)
+    b = TrainState(small_cfg(), SHAPE, 10)
     assert b.load_checkpoint(path) == {"best": {"fid1": 1.5}, "position": [1, 2]}
     assert b.step == 3
     la, lb = a.train_step(*data(3)), b.train_step(*data(3))
@@ -87,15 +87,15 @@ def test_checkpoint_errors_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="not a readable checkpoint") as e:
         load_state(str(bad))
     assert "\n" not in str(e.value)
-    tr = Trainer(small_cfg(), SHAPE, 10)
+    tr = TrainState(small_cfg(), SHAPE, 10)
     tr.save_checkpoint(str(tmp_path / "ok.pt"))
-    other = Trainer(small_cfg(), SHAPE, 5)
+    other = TrainState(small_cfg(), SHAPE, 5)
     with pytest.raises(ValueError, match="classes"):
         other.load_checkpoint(str(tmp_path / "ok.pt"))
 
 
 def test_non_finite_loss_raises_before_the_weights_change():
-    tr = Trainer(small_cfg(), SHAPE, 10)
+    tr = TrainState(small_cfg(), SHAPE, 10)
     tr.train_step(*data(0))
     before = [p.detach().clone() for p in tr.model.parameters()]
     opt_before = {k: v["exp_avg"].clone() for k, v in tr.optimizer.state_dict()["state"].items()}
@@ -144,7 +144,7 @@ def _rank_main(rank, world, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         cfg = small_cfg(seed=rank)                 # different seeds: the broadcast must align the weights
-        tr = Trainer(cfg, SHAPE, 10)
+        tr = TrainState(cfg, SHAPE, 10)
         losses = []
         for i in range(4):
             x, y = data(10 * rank + i)             # each rank its own data
@@ -163,7 +163,7 @@ def test_two_rank_gloo_keeps_ranks_in_sync(tmp_path):
     assert (r0["rank"], r1["rank"], r0["world"]) == (0, 1, 2)
     assert torch.equal(r0["params"], r1["params"])
     assert r0["losses"] == r1["losses"]           # the all-reduced mean loss
-    single = Trainer(small_cfg(seed=0), SHAPE, 10)
+    single = TrainState(small_cfg(seed=0), SHAPE, 10)
     single.train_step(*data(0))
     flat = torch.cat([p.detach().flatten() for p in single.model.parameters()])
     assert not torch.equal(flat, r0["params"])    # the other rank's gradients did count

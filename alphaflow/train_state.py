@@ -1,4 +1,7 @@
-"""One optimizer step at a time of alpha-Flow training, data-parallel without a DDP wrapper.
+"""The state of one alpha-Flow training run (network, optimizer, EMAs, step) and its one optimizer step.
+
+The loop around it lives with its caller (the Ray Train worker, the benchmarks): this module holds what a
+checkpoint holds and the step that advances it, data-parallel without a DDP wrapper.
 
 When torch.distributed is initialised, rank 0's parameters are broadcast at start and every step all-reduces the
 averaged gradients (and the loss, so that all ranks see a non-finite loss and stop together). Extra no-grad
@@ -35,7 +38,7 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
     return ((seed * 1_000_003 + rank) * 1_000_000_007 + step) % (2 ** 63 - 1)
 
 
-class Trainer:
+class TrainState:
     def __init__(self, cfg, image_shape: tuple[int, ...], num_classes: int, device: str = "cpu"):
         self.cfg = cfg
         self.image_shape = tuple(int(v) for v in image_shape)
@@ -171,7 +174,7 @@ class Trainer:
         shape = tuple(int(v) for v in state["image_shape"])
         if shape != self.image_shape or int(state["num_classes"]) != self.num_classes:
             raise ValueError(f"{path}: checkpoint is for images {shape} with {state['num_classes']} classes, "
-                             f"this trainer has {self.image_shape} with {self.num_classes}")
+                             f"this run has {self.image_shape} with {self.num_classes}")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(self.model, state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
