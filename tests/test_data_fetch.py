@@ -4,7 +4,7 @@ ones that anything still views."""
 
 from __future__ import annotations
 
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -25,12 +25,8 @@ def local_set(tmp_path_factory):
     return prepare_arrays(str(d / "src.npz"), str(d / "out"), shard_size_mb=0.2, seed=3)
 
 
-def _settle(fetched: list, quiet_s: float = 0.3, limit_s: float = 10.0) -> None:
-    """Wait until no fetch has been added for quiet_s (a closed loader's background thread ends its last fetch)."""
-    deadline, n = time.time() + limit_s, -1
-    while len(fetched) != n and time.time() < deadline:
-        n = len(fetched)
-        time.sleep(quiet_s)
+def _prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("afsweep-prefetch")]
 
 
 def _count_fetches(monkeypatch) -> list[tuple[str, int, int]]:
@@ -62,6 +58,18 @@ def _epoch(url: str, world: int = 2, workers: int = 2, batch: int = 16) -> list[
     return out
 
 
+def test_closing_the_loader_ends_its_prefetch_thread(local_set):
+    for workers in (0, 2):
+        ld = make_train_loader(local_set, batch_size=16, rank=0, world_size=1, seed=4, num_workers=workers)
+        it = iter(ld)
+        for _ in range(3):
+            next(it)
+        if workers == 0:
+            assert _prefetch_threads(), "the in-process reader prefetches the next run in a thread"
+        it.close()
+        assert _prefetch_threads() == []
+
+
 def test_each_sample_is_fetched_once_per_epoch(local_set, monkeypatch):
     m = read_manifest(local_set)
     assert len(m.shards) >= 4
@@ -75,7 +83,7 @@ def test_each_sample_is_fetched_once_per_epoch(local_set, monkeypatch):
         for _ in range(ld.batches_per_epoch):
             next(it)
         it.close()
-        _settle(fetched)  # the reader's prefetch thread may still be fetching: let it finish before the next rank
+        assert _prefetch_threads() == []   # close() joined the reader's prefetch thread: no fetch after it
         # this slot's runs in epoch 0, from the plan; the reader may already have fetched the next epoch's first
         plan = SlotPlan([s.num_samples for s in m.shards], "exact", 4, rank, 2, 16)
         runs, have = [], 0

@@ -163,6 +163,13 @@ class _Reader:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="afsweep-prefetch")
         self._pending[run] = self._pool.submit(self._decoded, run)
 
+    def close(self) -> None:
+        """Drop the reads not started and wait for the one running: no fetch outlives its loader."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending.clear()
+
     def run(self, run: tuple[int, int, int]) -> _Run:
         """Samples [lo, hi) of shard i, run = (i, lo, hi)."""
         if self._last is not None and self._last[0] == run:
@@ -299,41 +306,45 @@ class _SlotStream(torch.utils.data.IterableDataset):
         locals_ = [(w + self.shift) % self.nw for w in range(self.nw)]
         streams = [self._batches(local) for local in locals_]
         shape, dtype = (self.batch_size, *self.m.stored_shape), _stored_dtype(self.m)
-        while True:
-            for local, s in zip(locals_, streams):
-                parts, counter, skipped = next(s)
-                x = torch.empty(shape, dtype=dtype)   # the consumer's own (malloc reuses the blocks freed before)
-                y, keys = self._gather(x, parts)
-                yield {"x": x, "y": torch.from_numpy(y), "keys": keys.tolist(), "local": local, "counter": counter,
-                       "skipped": skipped}
+        try:
+            while True:
+                for local, s in zip(locals_, streams):
+                    parts, counter, skipped = next(s)
+                    x = torch.empty(shape, dtype=dtype)   # the consumer's own (malloc reuses blocks freed before)
+                    y, keys = self._gather(x, parts)
+                    yield {"x": x, "y": torch.from_numpy(y), "keys": keys.tolist(), "local": local,
+                           "counter": counter, "skipped": skipped}
+        finally:
+            for s in streams:
+                s.close()   # each closes its reader, whose prefetch thread ends here
 
     def _chunks(self, local: int):
         """Batches of one slot, several to a message: each message to the trainer process costs a round trip
         between the processes (the shared-memory handle is passed over a socket), so one per batch would dominate.
         The chunks grow 1, 2, 4, ... up to self.chunk batches, so the first batch comes quickly. Chunk boundaries
         don't matter for resuming: every batch carries its own stream counter."""
-        batches = self._batches(local)
-        size = 1
-        while True:
-            buf, x = self.pool.take(local, size)   # shared memory: the chunk crosses to the trainer uncopied
-            y = np.empty((size, self.batch_size), np.int64)
-            keys, counters, skipped = [], [], []
-            try:
-                for j in range(size):
-                    parts, counter, skip = next(batches)
-                    y[j], k = self._gather(x[j], parts)
-                    keys.append(k)
-                    counters.append(counter)
-                    skipped.append(skip)
-            except DataError as e:
-                # the batches before the error still count (and come in their turn); then the error, as one line:
-                # torch would wrap an exception in a multi-line traceback, so the trainer process re-raises it
-                if keys:
-                    yield self._message(buf, x, y, keys, local, counters, skipped)
-                yield {"error": str(e), "local": local}
-                return
-            yield self._message(buf, x, y, keys, local, counters, skipped)
-            size = min(2 * size, self.chunk)
+        with contextlib.closing(self._batches(local)) as batches:   # its reader's thread ends with it
+            size = 1
+            while True:
+                buf, x = self.pool.take(local, size)   # shared memory: the chunk crosses to the trainer uncopied
+                y = np.empty((size, self.batch_size), np.int64)
+                keys, counters, skipped = [], [], []
+                try:
+                    for j in range(size):
+                        parts, counter, skip = next(batches)
+                        y[j], k = self._gather(x[j], parts)
+                        keys.append(k)
+                        counters.append(counter)
+                        skipped.append(skip)
+                except DataError as e:
+                    # the batches before the error still count (and come in their turn); then the error, as one line:
+                    # torch would wrap an exception in a multi-line traceback, so the trainer process re-raises it
+                    if keys:
+                        yield self._message(buf, x, y, keys, local, counters, skipped)
+                    yield {"error": str(e), "local": local}
+                    return
+                yield self._message(buf, x, y, keys, local, counters, skipped)
+                size = min(2 * size, self.chunk)
 
     @staticmethod
     def _message(buf, x, y, keys, local, counters, skipped) -> dict:
@@ -348,10 +359,16 @@ class _SlotStream(torch.utils.data.IterableDataset):
                         self.batch_size)
         reader = _Reader(self.m, self.verify, self.cache_dir, self.on_corrupt)
         counter = self.counts[local]
-        parts: list[tuple[_Run, np.ndarray]] = []
-        have = skipped = 0
         segments = plan.segments(counter)
         upcoming = next(segments)
+        try:
+            yield from self._batches_read(reader, segments, upcoming, counter)
+        finally:
+            reader.close()
+
+    def _batches_read(self, reader: _Reader, segments, upcoming, counter: int):
+        parts: list[tuple[_Run, np.ndarray]] = []
+        have = skipped = 0
         while True:
             shard_index, lo, hi, idx = upcoming
             upcoming = next(segments)
@@ -537,8 +554,7 @@ class TrainLoader:
         finally:
             # stop the workers now: a traceback that keeps this frame alive would otherwise keep them (and their
             # queue threads) running until interpreter exit
-            if isinstance(items, _WorkerChunks):
-                items.close()
+            items.close()   # in this process: the slot streams and their readers' prefetch threads end here
 
     def _unchunk(self, chunks: _WorkerChunks, pool: _ChunkPool, own: bool) -> Iterator[dict]:
         """The workers' chunks as single batches in strict rotation over the slots, as without chunks: the batch
