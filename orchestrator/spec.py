@@ -9,10 +9,12 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.search_space import Choice, Distribution, Fixed
 
 
 PRESET_KEY = "preset"  # a search-space key that picks the whole base config; every other key is a TrainConfig key
@@ -38,104 +40,6 @@ def _no_password(url: str | None) -> str | None:
 
 
 NoSecretURL = Annotated[str | None, AfterValidator(_no_password)]
-
-
-# --- search-space distributions -------------------------------------------------------------------------------
-
-
-class _Dist(_Strict):
-    """A search-space distribution: what Optuna draws (`suggest`), the values that bound what it can produce
-    (`extremes`: checked against the method's constraints and used for ASHA's bounds), and one typical value."""
-    # `when: {param: value}` or `when: {param: [v1, v2]}`: the parameter exists only if the other has that value
-    when: dict[str, Any] | None = None
-
-    # each distribution below has suggest(trial, key) and extremes(): {where the bound is written ("low",
-    # "values[2]"): its value}
-
-    def representative(self) -> Any:
-        return next(iter(self.extremes().values()))
-
-
-class Uniform(_Dist):
-    type: Literal["uniform"]
-    low: float
-    high: float
-
-    @model_validator(mode="after")
-    def _order(self):
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        return self
-
-    def suggest(self, trial, key: str) -> float:
-        return trial.suggest_float(key, self.low, self.high)
-
-    def extremes(self) -> dict[str, Any]:
-        return {"low": self.low, "high": self.high}
-
-    def representative(self) -> float:
-        return (self.low + self.high) / 2
-
-
-class LogUniform(Uniform):
-    type: Literal["loguniform"]
-
-    @model_validator(mode="after")
-    def _positive(self):
-        if self.low <= 0:
-            raise ValueError(f"low ({self.low}) must be > 0 for loguniform")
-        return self
-
-    def suggest(self, trial, key: str) -> float:
-        return trial.suggest_float(key, self.low, self.high, log=True)
-
-    def representative(self) -> float:
-        return (self.low * self.high) ** 0.5
-
-
-class IntRange(_Dist):
-    type: Literal["int"]
-    low: int
-    high: int
-    step: int = 1
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _order(self):
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        return self
-
-    def suggest(self, trial, key: str) -> int:
-        return trial.suggest_int(key, self.low, self.high, step=self.step, log=self.log)
-
-    def extremes(self) -> dict[str, Any]:
-        return {"low": self.low, "high": self.high}
-
-
-class Choice(_Dist):
-    type: Literal["choice"]
-    values: list[Any] = Field(min_length=1)
-
-    def suggest(self, trial, key: str) -> Any:
-        return trial.suggest_categorical(key, self.values)
-
-    def extremes(self) -> dict[str, Any]:
-        return {f"values[{i}]": v for i, v in enumerate(self.values)}
-
-
-class Fixed(_Dist):
-    type: Literal["fixed"]
-    value: Any
-
-    def suggest(self, trial, key: str) -> Any:
-        return self.value  # a constant: Optuna does not search it
-
-    def extremes(self) -> dict[str, Any]:
-        return {"value": self.value}
-
-
-Distribution = Annotated[Union[Uniform, LogUniform, IntRange, Choice, Fixed], Field(discriminator="type")]
 
 
 # --- sections ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from orchestrator.spec import Fixed, SweepSpec
+from orchestrator.search_space import Fixed
+from orchestrator.spec import SweepSpec
 
 log = logging.getLogger(__name__)
 
