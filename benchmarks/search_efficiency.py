@@ -7,10 +7,6 @@ steps each spent.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-import time
-from pathlib import Path
 
 SPEC = """
 name: {name}
@@ -51,32 +47,16 @@ def trials_to_reach(history: list[tuple[float, float]], target: float) -> int | 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--run-dir", default=None)
-    args = ap.parse_args()
+    from bench_sweep import run_sweep, sweep_args   # beside this file (python benchmarks/...)
 
-    from alphaflow.data import prepare_builtin
-    from orchestrator import tracking
-    from orchestrator.spec import load_spec
-    from orchestrator.sweep.driver import launch
-
-    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="afsweep-search-"))
-    manifest = prepare_builtin("fashion-mnist", str(run_dir / "data" / "fashion-mnist"))
+    args, run_dir, manifest = sweep_args(trials=8, steps=200, eval_every=50, prefix="afsweep-search-")
     results = {}
     for label, algorithm, scheduler in (("optuna-tpe + asha", "optuna-tpe", "asha"), ("random", "random", "none")):
-        p = run_dir / f"{algorithm}.yaml"
-        p.write_text(SPEC.format(name=algorithm, manifest=manifest, steps=args.steps, eval_every=args.eval_every,
-                                 algorithm=algorithm, trials=args.trials, scheduler=scheduler))
-        spec = load_spec(p)
-        t0 = time.perf_counter()
-        outcome = launch(spec, p.read_text(), run_dir=run_dir, echo=lambda *a: None)
-        client = tracking.client_for(outcome.tracking_uri)
-        exp = client.get_experiment_by_name(spec.tracking.experiment)
-        results[label] = (trial_history(client, exp.experiment_id, outcome.sweep_name), time.perf_counter() - t0,
-                          outcome.pruned)
+        run = run_sweep(run_dir, algorithm, SPEC.format(name=algorithm, manifest=manifest, steps=args.steps,
+                                                        eval_every=args.eval_every, algorithm=algorithm,
+                                                        trials=args.trials, scheduler=scheduler))
+        results[label] = (trial_history(run.client, run.experiment_id, run.outcome.sweep_name), run.wall_s,
+                          run.outcome.pruned)
 
     best = min(f for hist, _, _ in results.values() for f, _ in hist)
     target = 1.1 * best

@@ -9,10 +9,7 @@ same data reader, the same evaluations), and prints a table.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -60,33 +57,16 @@ def bare_trial(cfg, manifest_url: str, eval_every: int, eval_samples: int) -> fl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--eval-every", type=int, default=30)
-    ap.add_argument("--run-dir", default=None)
-    args = ap.parse_args()
-
     from alphaflow.config import apply_overrides
-    from alphaflow.data import prepare_builtin
-    from orchestrator import tracking
-    from orchestrator.spec import load_spec
-    from orchestrator.sweep.driver import base_train_config, launch
+    from bench_sweep import run_sweep, sweep_args   # beside this file (python benchmarks/...)
+    from orchestrator.sweep.driver import base_train_config
 
-    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="afsweep-overhead-"))
-    manifest = prepare_builtin("fashion-mnist", str(run_dir / "data" / "fashion-mnist"))
-    spec_path = run_dir / "spec.yaml"
-    spec_path.write_text(SPEC.format(manifest=manifest, steps=args.steps, trials=args.trials,
-                                     eval_every=args.eval_every))
-    spec = load_spec(spec_path)
-
-    t0 = time.perf_counter()
-    outcome = launch(spec, spec_path.read_text(), run_dir=run_dir, echo=lambda *a: None)
-    sweep_wall = time.perf_counter() - t0
-
-    client = tracking.client_for(outcome.tracking_uri)
-    exp = client.get_experiment_by_name(spec.tracking.experiment)
-    runs = client.search_runs([exp.experiment_id], f"tags.`afsweep.sweep` = '{outcome.sweep_name}' and "
+    args, run_dir, manifest = sweep_args(trials=2, steps=60, eval_every=30, prefix="afsweep-overhead-")
+    run = run_sweep(run_dir, "spec", SPEC.format(manifest=manifest, steps=args.steps, trials=args.trials,
+                                                 eval_every=args.eval_every))
+    spec, outcome, client, sweep_wall = run.spec, run.outcome, run.client, run.wall_s
+    exp_id = run.experiment_id
+    runs = client.search_runs([exp_id], f"tags.`afsweep.sweep` = '{outcome.sweep_name}' and "
                                                    "tags.`afsweep.kind` = 'trial'")
     torch.set_num_threads(2)
     rows = []
