@@ -213,6 +213,6 @@ def test_cli_prepare_inspect_and_errors(tmp_path):
     assert json.loads(r.output)["num_samples"] == 50
     shutil.copy(tmp_path / "a.npz", tmp_path / "b.txt")
     r = runner.invoke(main, ["data", "prepare", str(tmp_path / "b.txt"), "--out", str(tmp_path / "o2")])
-    assert r.exit_code == 1 and r.output.strip().count("\n") == 0 and "b.txt" in r.output, r.output
+    assert r.exit_code == 2 and r.output.strip().count("\n") == 0 and "b.txt" in r.output, r.output
     r = runner.invoke(main, ["data", "inspect", str(tmp_path / "nothing")])
-    assert r.exit_code == 1 and r.output.startswith("afsweep: error: ") and "not found" in r.output
+    assert r.exit_code == 2 and r.output.startswith("afsweep: error: ") and "not found" in r.output

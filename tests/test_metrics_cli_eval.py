@@ -111,7 +111,7 @@ def test_no_log_logs_nothing(store):
 ])
 def test_bad_targets_are_one_line_errors(store, args, message):
     res = _eval(store, *args)
-    assert res.exit_code == 1
+    assert res.exit_code == 2   # bad input
     assert message in res.output and res.output.count("\n") == 1
 
 

@@ -7,14 +7,14 @@
 """
 
 from alphaflow.data.codecs import IdentityCodec, VAECodec, get_codec
-from alphaflow.data.errors import DataError
+from alphaflow.data.errors import DataError, DataInputError
 from alphaflow.data.loader import SlotPlan, TrainLoader, make_train_loader
 from alphaflow.data.manifest import Manifest, read_manifest
 from alphaflow.data.prepare import prepare_arrays, prepare_builtin, prepare_image_folder, write_dataset
 from alphaflow.data.storage import register_gopen
 
 __all__ = [
-    "DataError", "IdentityCodec", "Manifest", "SlotPlan", "TrainLoader", "VAECodec", "get_codec",
+    "DataError", "DataInputError", "IdentityCodec", "Manifest", "SlotPlan", "TrainLoader", "VAECodec", "get_codec",
     "make_train_loader", "prepare_arrays", "prepare_builtin", "prepare_image_folder", "read_manifest",
     "register_gopen", "write_dataset",
 ]

@@ -1,5 +1,12 @@
 """The one error type of the data path. Its message is a single line that names the file, shard or URL."""
 
 
+from alphaflow.errors import InputError
+
+
 class DataError(RuntimeError):
     """Bad or unreachable data: a missing manifest, a corrupt shard, wrong credentials, an empty source."""
+
+
+class DataInputError(DataError, InputError):
+    """A data argument that cannot be used as given (a source that does not exist, a bad option)."""

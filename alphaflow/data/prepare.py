@@ -15,7 +15,7 @@ import numpy as np
 
 from alphaflow.data import storage
 from alphaflow.data.codecs import IdentityCodec, get_codec
-from alphaflow.data.errors import DataError
+from alphaflow.data.errors import DataError, DataInputError
 from alphaflow.data.manifest import FID_REFERENCE_NAME, write_manifest
 from alphaflow.data.shards import ShardSink
 from alphaflow.data.sources import BUILTIN_DATASETS, FASHION_MNIST_CLASSES, load_builtin
@@ -168,7 +168,7 @@ def prepare_arrays(path: str, out_dir: str, *, vae: str | None = None, store: st
     stored as given and recorded with codec `vae:PATH` when `vae` is given, else identity."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{path}: not found")
+        raise DataInputError(f"{path}: not found")
     try:
         if p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as z:

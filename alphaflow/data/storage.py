@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
-from alphaflow.data.errors import DataError
+from alphaflow.data.errors import DataError, DataInputError
 
 RETRIES = int(os.environ.get("AFSWEEP_S3_RETRIES", "6"))
 BACKOFF_S = float(os.environ.get("AFSWEEP_S3_BACKOFF_S", "0.25"))
@@ -159,7 +159,7 @@ def _one_line(url: str, e: BaseException) -> DataError:
         if code == "NoSuchBucket":
             return DataError(f"{url}: bucket {split_s3(url)[0]!r} does not exist")
         if code in _MISSING_KEY:
-            return DataError(f"{url}: not found")
+            return DataInputError(f"{url}: not found")
         if code in _AUTH_CODES:
             return DataError(f"{url}: access denied by S3 ({code}; check the AWS credentials and the bucket policy)")
         return DataError(f"{url}: S3 error {code}")
@@ -224,7 +224,7 @@ def read_bytes(url: str, expected_size: int | None = None) -> bytes | memoryview
             with open(url, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            raise DataError(f"{url}: not found") from None
+            raise DataInputError(f"{url}: not found") from None
         except OSError as e:
             raise DataError(f"{url}: cannot read ({e.strerror})") from None
     if expected_size is not None and len(data) != expected_size:
@@ -333,7 +333,7 @@ def map_local(path: str, expected_size: int | None = None):
                 return b""
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError:
-        raise DataError(f"{path}: not found") from None
+        raise DataInputError(f"{path}: not found") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
 

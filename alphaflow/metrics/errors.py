@@ -1,8 +1,15 @@
 """Errors of the metrics package; every message is one line that names the file or the value at fault."""
 
 
+from alphaflow.errors import InputError
+
+
 class MetricsError(RuntimeError):
     """A metrics input is unusable: missing or corrupt weights, bad images, mismatched reference statistics."""
+
+
+class UnknownExtractorError(MetricsError, InputError):
+    """A feature-extractor id that names no extractor."""
 
 
 class WeightsMismatchError(MetricsError):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from alphaflow.metrics.domain_cnn import DOMAINS, DomainCNN, DomainSpec, to_input
-from alphaflow.metrics.errors import MetricsError
+from alphaflow.metrics.errors import MetricsError, UnknownExtractorError
 from alphaflow.metrics.extractor_base import (FeatureExtractor, RGBExtractor, as_rgb_float, as_uint8_images,  # noqa: F401
                                               file_sha256, verify_sha256)
 
@@ -143,4 +143,4 @@ def load_extractor(extractor_id: str, weights_path: str | Path | None = None) ->
                                "(no DINOv2 weights ship with any package)")
         return DINOv2Extractor(path)
     known = ", ".join([*DOMAINS, INCEPTION_ID, "dinov2:PATH"])
-    raise MetricsError(f"unknown feature extractor {extractor_id!r} (known: {known})")
+    raise UnknownExtractorError(f"unknown feature extractor {extractor_id!r} (known: {known})")

@@ -30,33 +30,31 @@ class _Group(click.Group):
     """Turns the project's own error types into one line and an exit code."""
 
     def invoke(self, ctx):
-        from alphaflow.config import ConfigError
-        from orchestrator.sweep.driver import SweepError, SweepInputError
-        from orchestrator.sweep.places import PlaceError
-        from orchestrator.tracking import TrackingError
-
         try:
             return super().invoke(ctx)
-        except (SpecError, ConfigError, SweepInputError, PlaceError) as e:
-            click.echo(f"afsweep: error: {_one_line(e)}", err=True)
-            sys.exit(2)
-        except (SweepError, TrackingError) as e:
-            click.echo(f"afsweep: error: {_one_line(e)}", err=True)
-            sys.exit(1)
         except Exception as e:
-            data_error = _data_error_type()
-            if data_error is not None and isinstance(e, data_error):
-                click.echo(f"afsweep: error: {_one_line(e)}", err=True)
-                sys.exit(1)
-            raise
+            code = _exit_code(e)
+            if code is None:
+                raise
+            click.echo(f"afsweep: error: {_one_line(e)}", err=True)
+            sys.exit(code)
 
 
-def _data_error_type():
-    """The library's expected errors (data, metrics): each is one line naming what and where."""
+def _exit_code(e: Exception) -> int | None:
+    """2 for bad input, 1 for the other expected failures, None for a bug (its traceback is shown)."""
+    from alphaflow.config import ConfigError
     from alphaflow.data import DataError
+    from alphaflow.errors import InputError
     from alphaflow.metrics.errors import MetricsError
+    from orchestrator.sweep.driver import SweepError, SweepInputError
+    from orchestrator.sweep.places import PlaceError
+    from orchestrator.tracking import TrackingError
 
-    return (DataError, MetricsError)
+    if isinstance(e, (InputError, SpecError, ConfigError, SweepInputError, PlaceError)):
+        return 2
+    if isinstance(e, (SweepError, TrackingError, DataError, MetricsError)):
+        return 1
+    return None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,10 +95,11 @@ def validate(spec_path: Path, sets: tuple[str, ...]):
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a spec field, as for launch.")
 @click.option("--png", "png_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the schedules plot (default: <spec name>-preview.png).")
+              help="Also write a PNG of the sampled alpha / ratio_fm / beta schedules there (preview writes nothing "
+                   "without it).")
 @click.option("--no-timing", is_flag=True, help="Skip the timed training steps of the cost estimate.")
 def preview(spec_path: Path, sets: tuple[str, ...], png_path: Path | None, no_timing: bool):
-    """Show SPEC's planned trials, ASHA rungs, an estimate of cost, and a PNG of the sampled schedules."""
+    """Show SPEC's planned trials, ASHA rungs and an estimate of cost; --png plots the sampled schedules."""
     from orchestrator.sweep.preview import estimate_cost, plan_trials, schedules_png
 
     spec = load_spec(spec_path, list(sets))
@@ -124,8 +123,8 @@ def preview(spec_path: Path, sets: tuple[str, ...], png_path: Path | None, no_ti
                    f"machine: ~{cost['wall_s'] / 60:.1f} min wall, {cost['cpu_s'] / 3600:.2f} CPU-h"
                    + (f", {cost['gpu_s'] / 3600:.2f} GPU-h" if cost["gpu_s"] else "")
                    + " (training only; evaluations and start-up come on top)")
-    png = schedules_png(plan, png_path or Path(f"{spec.name}-preview.png"))
-    click.echo(f"schedules plot: {png}")
+    if png_path is not None:
+        click.echo(f"schedules plot: {schedules_png(plan, png_path)}")
 
 
 def _cell(v) -> str:
@@ -188,13 +187,11 @@ def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_nam
     """Print the best trial(s) by METRIC, read from MLflow."""
     from orchestrator import tracking
 
-    uri = tracking.resolve_tracking_uri(tracking_uri, run_dir)
-    client = tracking.client_for(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise tracking.TrackingError(f"MLflow at {uri}: no experiment named '{experiment}' (run afsweep launch first)")
+    client, uri, exp = _open_experiment(tracking_uri, run_dir, experiment)
     if sweep is None:
         sweep = tracking.latest_sweep(client, exp.experiment_id)
+    elif sweep != "all":
+        _check_sweep(client, uri, exp, sweep)
     rows = tracking.best_trials(client, exp.experiment_id, metric, None if sweep == "all" else sweep, top=top)
     if not rows:
         raise tracking.TrackingError(f"MLflow at {uri}: no trial of sweep '{sweep}' has logged {metric}_best")
@@ -240,15 +237,10 @@ def status(sweep_name, experiment, tracking_uri, as_json, run_dir):
     """Trials of SWEEP (default: the latest), their states, the best so far, and the cost."""
     from orchestrator import tracking
 
-    uri = tracking.resolve_tracking_uri(tracking_uri, run_dir)
-    client = tracking.client_for(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise tracking.TrackingError(f"MLflow at {uri}: no experiment named '{experiment}'")
+    client, uri, exp = _open_experiment(tracking_uri, run_dir, experiment)
     sweep_name = sweep_name or tracking.latest_sweep(client, exp.experiment_id)
+    _check_sweep(client, uri, exp, sweep_name)
     rows = tracking.sweep_status(client, exp.experiment_id, sweep_name)
-    if rows is None:
-        raise tracking.TrackingError(f"MLflow at {uri}: no sweep named '{sweep_name}'")
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -264,6 +256,31 @@ def status(sweep_name, experiment, tracking_uri, as_json, run_dir):
         click.echo(f"best so far: {rows['best']['name']} fid1_best = {rows['best']['fid1_best']:.3f}")
     click.echo(f"cost: {rows['total_wall_s']:.0f} trial-wall-seconds, {rows['total_cpu_s']:.0f} CPU-seconds, "
                f"{rows['total_gpu_s']:.0f} GPU-seconds")
+
+
+def _open_experiment(tracking_uri, run_dir, experiment):
+    """(client, uri, experiment) of a store that exists: the read-only commands create nothing."""
+    from orchestrator import tracking
+    from orchestrator.sweep.places import hide_secret
+
+    uri = tracking.resolve_tracking_uri(tracking_uri, run_dir)
+    client = tracking.client_for(uri, existing=True)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise tracking.NotFoundError(f"MLflow at {hide_secret(uri)}: no experiment named '{experiment}' "
+                                     f"(run afsweep launch first)")
+    return client, uri, exp
+
+
+def _check_sweep(client, uri, exp, sweep) -> None:
+    from orchestrator import tracking
+    from orchestrator.sweep.places import hide_secret
+
+    if sweep is None or tracking.find_sweep_run(client, exp.experiment_id, sweep) is None:
+        known = tracking.sweep_names(client, exp.experiment_id)
+        raise tracking.NotFoundError(f"MLflow at {hide_secret(uri)}, experiment '{exp.name}': no sweep "
+                                     f"named '{sweep}'" + (f" (sweeps: {', '.join(known)})" if known else
+                                                           " (no sweep has run there)"))
 
 
 def _fmt(v, digits: int = 3) -> str:

@@ -1,6 +1,6 @@
 """`afsweep data`: prepare latent shards + manifest from a built-in data set, an image folder or numpy arrays,
 and inspect (or verify) a prepared manifest. Errors are alphaflow.data.DataError: orchestrator/cli/__init__.py prints them
-as one line and exits 1."""
+as one line and exits 2 for bad arguments (DataInputError), 1 otherwise."""
 
 from __future__ import annotations
 
@@ -68,11 +68,11 @@ def prepare(source, out, shard_size_mb, vae, resolution, store, channels, seed, 
     SOURCE is a built-in data set (fashion-mnist, digits), an image folder (one sub-folder per class; needs
     --resolution), or a .npz/.npy file (arrays 'images' uint8 or 'latents' float, (N, C, H, W), and 'labels').
     """
-    from alphaflow.data import DataError, prepare_arrays, prepare_builtin, prepare_image_folder
+    from alphaflow.data import DataInputError, prepare_arrays, prepare_builtin, prepare_image_folder
     from alphaflow.data.sources import BUILTIN_DATASETS
 
     if shard_size_mb <= 0:
-        raise DataError(f"--shard-size-mb: must be > 0, got {shard_size_mb}")
+        raise DataInputError(f"--shard-size-mb: must be > 0, got {shard_size_mb}")
     progress = _Progress()
     t0 = time.time()
     p = Path(source)
@@ -81,7 +81,7 @@ def prepare(source, out, shard_size_mb, vae, resolution, store, channels, seed, 
                               fid_reference=not no_fid_reference)
     elif p.is_dir():
         if not resolution:
-            raise DataError(f"{source}: an image folder needs --resolution")
+            raise DataInputError(f"{source}: an image folder needs --resolution")
         url = prepare_image_folder(source, out, resolution=resolution, vae=vae, store=store, channels=int(channels),
                                    shard_size_mb=shard_size_mb, progress=progress, seed=seed, dataset_id=dataset_id,
                                    fid_extractor=fid_extractor)
@@ -89,8 +89,9 @@ def prepare(source, out, shard_size_mb, vae, resolution, store, channels, seed, 
         url = prepare_arrays(source, out, vae=vae, store=store, shard_size_mb=shard_size_mb, progress=progress,
                              seed=seed, dataset_id=dataset_id, fid_extractor=fid_extractor)
     else:
-        raise DataError(f"{source}: not a built-in data set ({', '.join(BUILTIN_DATASETS)}), an image folder "
-                        f"or a .npz/.npy file")
+        what = "no such file or folder" if not p.exists() else "not a built-in data set"
+        raise DataInputError(f"{source}: {what} (expected a built-in data set: {', '.join(BUILTIN_DATASETS)}; an "
+                             f"image folder; or a .npz/.npy file)")
     click.echo(f"wrote {url} ({time.time() - t0:.1f} s)")
     _summary(url)
 

@@ -23,13 +23,17 @@ from pathlib import Path
 
 import click
 
-from alphaflow.errors import first_line
+from alphaflow.errors import InputError, first_line
 from orchestrator.trial.config import DOMAIN_EXTRACTOR
 from orchestrator.tracking import CHECKPOINT_ARTIFACT
 
 
 class EvalError(RuntimeError):
     """A one-line failure of `afsweep eval`."""
+
+
+class EvalInputError(EvalError, InputError):
+    """A target or option of `afsweep eval` that names nothing usable (exit 2)."""
 
 
 def _fail(msg: str, code: int = 1):
@@ -53,19 +57,19 @@ def resolve_run_id(client, target: str) -> str:
             elif ref.startswith("m-"):  # an MLflow 3 logged model id, as in a registered version's source
                 run_id = client.get_logged_model(ref).source_run_id
                 if not run_id:
-                    raise EvalError(f"{target}: the logged model records no source run")
+                    raise EvalInputError(f"{target}: the logged model records no source run")
                 return run_id
             else:
-                raise EvalError(f"{target}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-ID")
+                raise EvalInputError(f"{target}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-ID")
         except MlflowException as e:
-            raise EvalError(f"{target}: not in the model registry ({first_line(e, 200)})") from None
+            raise EvalInputError(f"{target}: not in the model registry ({first_line(e, 200)})") from None
         if not version.run_id:
             raise EvalError(f"{target}: version {version.version} records no source run")
         return version.run_id
     try:
         return client.get_run(target).info.run_id
     except MlflowException as e:
-        raise EvalError(f"run {target}: not found ({first_line(e, 200)})") from None
+        raise EvalInputError(f"run {target}: not found ({first_line(e, 200)})") from None
 
 
 def download_checkpoint(client, run_id: str, dst: str) -> str:
@@ -142,6 +146,8 @@ def evaluate_run(client, run_id: str, extractor_id: str | None, n: int, nfes: tu
     from alphaflow.sampling import sample
     from alphaflow.train_state import EVAL_NOISE_SEED
 
+    # an unknown extractor id fails here, before the checkpoint is downloaded
+    extractor = load_extractor(extractor_id) if extractor_id else None
     with tempfile.TemporaryDirectory() as tmp:
         model, info = load_generator(download_checkpoint(client, run_id, tmp), ema=True)
     data = info["extra"].get("data")
@@ -150,8 +156,8 @@ def evaluate_run(client, run_id: str, extractor_id: str | None, n: int, nfes: tu
     dataset_id = data.get("dataset_id", "")
     extractor_id = extractor_id or DOMAIN_EXTRACTOR.get(dataset_id.split(":")[0])
     if not extractor_id:
-        raise EvalError(f"data set {dataset_id!r} has no domain CNN; choose --extractor (e.g. inception-v3-tf)")
-    extractor = load_extractor(extractor_id)
+        raise EvalInputError(f"data set {dataset_id!r} has no domain CNN; choose --extractor (e.g. inception-v3-tf)")
+    extractor = extractor or load_extractor(extractor_id)
     ref, ref_path = reference_for(extractor, dataset_id, reference, client, run_id, run_dir, reference_n, echo)
 
     decode = LatentDecoder(data.get("codec", "identity"), data["mean"], data["std"])
@@ -227,14 +233,14 @@ def eval_command(target, extractor, n, nfes, batch_size, seed, reference, refere
     nfe_list = tuple(sorted({int(v) for v in nfes}))
     try:
         uri = tracking.resolve_tracking_uri(tracking_uri, run_dir)
-        client = tracking.client_for(uri)
+        client = tracking.client_for(uri, existing=True)
         run_id = resolve_run_id(client, target)
         result = evaluate_run(client, run_id, extractor, n, nfe_list, batch_size, seed, reference, run_dir,
                               reference_n, lambda m: click.echo(m, err=True))
         if not no_log:
             log_results(client, run_id, result, n)
     except (EvalError, MetricsError) as e:
-        _fail(str(e))
+        _fail(str(e), 2 if isinstance(e, InputError) else 1)
     except MlflowException as e:
         _fail(f"MLflow at {tracking_uri or run_dir}: {first_line(e, 200)}")
 

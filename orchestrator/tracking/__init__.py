@@ -17,7 +17,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from alphaflow.errors import first_line
+from alphaflow.errors import InputError, first_line
 
 KIND_TAG = "afsweep.kind"
 SWEEP_TAG = "afsweep.sweep"
@@ -35,6 +35,10 @@ def default_model_name(dataset_id: str) -> str:
 
 class TrackingError(RuntimeError):
     """MLflow cannot be used; one line naming the URI."""
+
+
+class NotFoundError(TrackingError, InputError):
+    """What the user named is not there: no store at the run dir, no such experiment or sweep (exit 2)."""
 
 
 def default_tracking_uri(run_dir: Path) -> str:
@@ -126,8 +130,15 @@ def through_outages(what: str, fn, *args, uri: str = "", patience_s: float | Non
             delay = min(delay * 2, 10.0)
 
 
-def client_for(uri: str) -> MlflowClient:
-    """A client that has answered once: an unreachable server or a broken store is one TrackingError line."""
+def client_for(uri: str, existing: bool = False) -> MlflowClient:
+    """A client that has answered once: an unreachable server or a broken store is one TrackingError line.
+    existing: the read-only commands' way in; a local store that is not there is a NotFoundError, and nothing is
+    created (MLflow would otherwise create the file and its tables on first touch)."""
+    if existing and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        db = Path(uri[len("sqlite:///"):])
+        where = "no run dir" if not db.parent.is_dir() else "no MLflow store"
+        raise NotFoundError(f"{db.parent}: {where} there (no {db.name}; pass --run-dir DIR or --tracking-uri URI "
+                            f"of an afsweep launch)")
     follow_moved_run_dir(uri)
     # keep a dead server from stalling for minutes in MLflow's retry loop
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -226,6 +237,13 @@ class BestTrial:
     step: int | None
     params: dict[str, str]
     model_uri: str | None
+
+
+def sweep_names(client: MlflowClient, experiment_id: str, most: int = 20) -> list[str]:
+    """The newest sweeps' names, newest first."""
+    runs = client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"],
+                              max_results=most)
+    return [r.data.tags.get(SWEEP_TAG, r.info.run_name) for r in runs]
 
 
 def latest_sweep(client: MlflowClient, experiment_id: str) -> str | None:
