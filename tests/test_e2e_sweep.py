@@ -88,8 +88,43 @@ def test_mlflow_parent_and_child_runs(sweep):
         assert 0 in fid1, "the untrained model is scored at step 0"
         alphas = [m.value for m in client.get_metric_history(child.info.run_id, "alpha")]
         assert max(alphas) <= 1.0 and min(alphas) >= 0.0
-        samples = [a.path for a in client.list_artifacts(child.info.run_id, "samples")]
-        assert any(s.endswith(".png") for s in samples)
+
+
+
+def test_what_an_mlflow_user_sees(sweep):
+    """Sample grids as images with their step (1 and 2 NFE), the data set as a dataset input, where the runs came
+    from as tags, system metrics, ASHA-stopped trials FINISHED, Tune's trial folders named by what was searched."""
+    res, run_dir = sweep
+    assert res.exit_code == 0, res.output
+    client, _ = _client(run_dir)
+    exp = client.get_experiment_by_name("afsweep")
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"   # opens as a training experiment
+    parent = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'sweep'")[0]
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    for run in [parent, *children]:
+        tags = run.data.tags
+        assert tags["afsweep.command"].startswith("afsweep launch ") or "launch" in tags["afsweep.command"]
+        assert len(tags["mlflow.source.git.commit"]) == 40, tags   # the tests run from a git checkout
+        (ds,) = run.inputs.dataset_inputs
+        assert ds.dataset.name == "fashion-mnist:train" and len(ds.dataset.digest) == 16
+        assert json.loads(ds.dataset.source)["uri"].endswith("manifest.parquet")
+        assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "train"
+    for child in children:
+        rid = child.info.run_id
+        assert child.info.status == "FINISHED"   # completed or stopped by ASHA: both ran as designed
+        if child.data.tags["afsweep.status"] == "pruned":
+            assert "Stopped early by ASHA" in child.data.tags["mlflow.note.content"]
+        images = [a.path for a in client.list_artifacts(rid, "images")]
+        for nfe in (1, 2):
+            steps = sorted({int(p.split("%step%")[1].split("%")[0]) for p in images
+                            if p.startswith(f"images/samples_nfe{nfe}%step%") and p.endswith(".png")})
+            assert steps[:2] == [0, 15], (nfe, images)
+        assert any(k.startswith("system/cpu_utilization") for k in child.data.metrics), child.data.metrics.keys()
+        assert any(k.startswith("system/system_memory_usage") for k in child.data.metrics)
+    sweep_dir = next((run_dir / "ray").glob("e2e-*"))
+    trial_dirs = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and d.name.startswith("trial_"))
+    assert len(trial_dirs) == 2 and all("alpha.k_e=" in d and "optim.lr=" in d and "preset" not in d
+                                        for d in trial_dirs), trial_dirs
 
 
 def test_best_cli_and_registered_generator(sweep):

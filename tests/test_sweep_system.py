@@ -78,13 +78,17 @@ def test_asha_prunes_on_external_cluster_tracked_over_http(tmp_path, fashion_man
         pruned = [t for t in study.trials if t.state.name == "PRUNED"][0]
         assert pruned.params["optim.lr"] == pytest.approx(1e-7)
 
-        # MLflow over HTTP: the pruned child run is tagged and KILLED; best and the registry answer
+        # MLflow over HTTP: the pruned child run is tagged and FINISHED (it ran the budget ASHA gave it, as
+        # designed); best and the registry answer
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         exp = client.get_experiment_by_name("afsweep")
         children = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'trial'")
         by_state = {r.data.tags["afsweep.status"]: r for r in children}
         assert set(by_state) == {"completed", "pruned"}
-        assert by_state["pruned"].info.status == "KILLED"
+        pruned_run = by_state["pruned"]
+        assert pruned_run.info.status == "FINISHED"
+        assert int(pruned_run.data.tags["afsweep.stopped_at_step"]) < int(pruned_run.data.params["total_steps"])
+        assert "Stopped early by ASHA" in pruned_run.data.tags["mlflow.note.content"]
         assert float(by_state["pruned"].data.params["optim.lr"]) == pytest.approx(1e-7)
 
         best = _cli(["best", "--metric", "fid1", "--json", "--tracking-uri", uri, "--run-dir", run_dir], timeout=300)

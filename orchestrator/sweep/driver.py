@@ -13,6 +13,7 @@ import yaml
 
 from alphaflow.errors import first_line
 from orchestrator import tracking
+from orchestrator.tracking.provenance import log_dataset_input, manifest_dataset, source_tags
 from orchestrator.spec import PRESET_KEY, SweepSpec
 from orchestrator.sweep.places import (SPEC_COPY, check_optuna_storage, check_storage, credentials_out_of_ray_env,
                                        hide_secret, read_text, refuse_local_parts_on_a_cluster, resolve_places,
@@ -51,6 +52,14 @@ class SweepOutcome:
 
 
 # --- pieces -----------------------------------------------------------------------------------------------------
+
+
+def ui_line(tracking_uri: str, experiment_id: str) -> str:
+    """Where to look at the runs in MLflow's UI: the training runs view, not MLflow 3's GenAI overview."""
+    url = hide_secret(tracking.ui_url(tracking_uri, experiment_id))
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"afsweep: MLflow UI (training runs): {url}"
+    return f"afsweep: MLflow UI: mlflow ui --backend-store-uri {tracking_uri}, then {url}"
 
 
 def base_train_config(spec: SweepSpec):
@@ -201,7 +210,8 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
 
     from alphaflow.data import read_manifest
     from orchestrator.sweep.search import make_scheduler, make_searcher
-    from orchestrator.trial.trainable import SETTINGS_KEY, DriverHeartbeat, MlflowTrialCloser, run_trial
+    from orchestrator.trial.trainable import (SETTINGS_KEY, DriverHeartbeat, MlflowTrialCloser, run_trial,
+                                              trial_dirname)
 
     t0 = time.time()
     run_dir = Path(run_dir).resolve()
@@ -235,18 +245,24 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
                 "optuna_storage": hide_secret(places.optuna_url)},
     )
     client.log_text(parent_run_id, spec_text, "spec_source.yaml")
+    run_tags = source_tags()
+    for key, value in run_tags.items():
+        client.set_tag(parent_run_id, key, value)
+    log_dataset_input(client, parent_run_id, manifest_dataset(manifest))
     echo(f"afsweep: sweep {sweep_name}: {spec.search.num_trials} trials x {spec.train.workers} workers, "
          f"{cfg.total_steps} steps each, ASHA rungs from step {grace}")
     echo(f"afsweep: MLflow parent run {parent_run_id} in experiment '{spec.tracking.experiment}' at "
          f"{hide_secret(tracking_uri)}")
     echo(f"afsweep: sweep state and checkpoints in {places.sweep_dir(sweep_name)}, Optuna study in "
          f"{hide_secret(places.optuna_url)}")
+    echo(ui_line(tracking_uri, experiment_id))
     if dashboard_url:
         echo(dashboard_line(dashboard_url))
 
     sweep = SweepContext(sweep_name=sweep_name, parent_run_id=parent_run_id, experiment_id=experiment_id,
                          tracking_uri=tracking_uri, manifest=manifest_url, extractor=extractor,
-                         train_storage=places.train_storage(sweep_name))
+                         train_storage=places.train_storage(sweep_name), run_tags=run_tags,
+                         dataset=manifest_dataset(manifest))
     settings = {"spec": spec.model_dump(mode="json"), "sweep": sweep.model_dump()}
     metric, mode = spec.search.metric, spec.search.mode
     scheduler = make_scheduler(spec, max_total_steps(spec), grace)
@@ -262,6 +278,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
             scheduler=scheduler,
             num_samples=spec.search.num_trials,
             max_concurrent_trials=spec.search.max_concurrent,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=sweep_name,

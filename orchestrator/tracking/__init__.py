@@ -156,11 +156,25 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | Non
     server decides where artifacts go (its proxied artifact store), and a local path would be wrong for remote
     workers."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    local_store = client.tracking_uri.startswith(("sqlite:", "file:", "/"))
-    location = Path(artifact_root).resolve().as_uri() if artifact_root and local_store else None
-    return client.create_experiment(name, artifact_location=location)
+    if exp is None:
+        local_store = client.tracking_uri.startswith(("sqlite:", "file:", "/"))
+        location = Path(artifact_root).resolve().as_uri() if artifact_root and local_store else None
+        exp = client.get_experiment(client.create_experiment(name, artifact_location=location))
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment the user already set to another kind is left alone
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return exp.experiment_id
+
+
+# MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and an empty guess lands on the GenAI
+# overview (traces, tokens). The experiment's runs view with workflowType=machine_learning is the training view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+
+
+def ui_url(tracking_uri: str, experiment_id: str) -> str:
+    """The MLflow UI page of the experiment's training runs: the server's own, or `mlflow ui`'s default port."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def flat_params(params: dict[str, Any]) -> dict[str, str]:
@@ -203,8 +217,10 @@ def find_trial_run(client: MlflowClient, experiment_id: str, sweep_name: str, tr
 
 
 def get_or_create_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, sweep_name: str,
-                            trial_id: str, trial_name: str, params: dict[str, Any]) -> str:
-    """The trial's child run; a trial restarted (resume, retry) finds and reuses its own run."""
+                            trial_id: str, trial_name: str, params: dict[str, Any],
+                            tags: dict[str, str] | None = None, dataset: dict[str, Any] | None = None) -> str:
+    """The trial's child run; a trial restarted (resume, retry) finds and reuses its own run. A new run gets the
+    sweep's provenance tags and the data set as its dataset input."""
     existing = find_trial_run(client, experiment_id, sweep_name, trial_id)
     if existing:
         client.update_run(existing, status="RUNNING")
@@ -212,16 +228,35 @@ def get_or_create_trial_run(client: MlflowClient, experiment_id: str, parent_run
     run = client.create_run(
         experiment_id,
         run_name=trial_name,
-        tags={"mlflow.parentRunId": parent_run_id, KIND_TAG: "trial", SWEEP_TAG: sweep_name, TRIAL_TAG: trial_id},
+        tags={**(tags or {}), "mlflow.parentRunId": parent_run_id, KIND_TAG: "trial", SWEEP_TAG: sweep_name,
+              TRIAL_TAG: trial_id},
     )
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in flat_params(params).items()])
+    if dataset:
+        from orchestrator.tracking.provenance import log_dataset_input
+
+        log_dataset_input(client, run.info.run_id, dataset)
     return run.info.run_id
 
 
-def close_trial_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
-    """status: completed | pruned | failed. ASHA-stopped trials never run their own `finally:` (docs/platform.md#asha)."""
-    mlflow_status = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[status]
+STOPPED_AT_TAG = "afsweep.stopped_at_step"   # where ASHA stopped a pruned trial
+
+
+def close_trial_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None,
+                    step: int | None = None) -> None:
+    """status: completed | pruned | failed. ASHA-stopped trials never run their own `finally:` (docs/platform.md#asha).
+
+    A pruned trial ran the budget the scheduler gave it, as designed: its run ends FINISHED (not KILLED, which the
+    UI draws like a crash), with `afsweep.status = pruned`, the step it stopped at, and a note that says so. Only a
+    real failure is FAILED."""
+    mlflow_status = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}[status]
     client.set_tag(run_id, STATUS_TAG, status)
+    if status == "pruned":
+        if step is not None:
+            client.set_tag(run_id, STOPPED_AT_TAG, str(step))
+        client.set_tag(run_id, "mlflow.note.content",
+                       f"Stopped early by ASHA{f' at step {step}' if step is not None else ''}: its score at a rung "
+                       f"was below the rung's cut-off. It finished the budget the scheduler gave it.")
     if reason:
         client.set_tag(run_id, "afsweep.error", reason[:5000])
     client.set_terminated(run_id, status=mlflow_status)

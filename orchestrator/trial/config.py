@@ -32,6 +32,8 @@ class SweepContext(_Strict):
     manifest: str
     extractor: str
     train_storage: str
+    run_tags: dict[str, str] = Field(default_factory=dict)   # where the sweep came from (provenance.source_tags)
+    dataset: dict[str, Any] | None = None                    # the trials' MLflow dataset input
 
 
 class TrialConfig(_Strict):

@@ -31,6 +31,16 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def trial_dirname(trial) -> str:
+    """A trial's folder in the Tune storage: its id and what was searched for it, e.g.
+    `trial_3f2a1b0c_alpha.k_s=0.1646,optim.lr=0.001978` (Tune's default names it from the first keys of the whole
+    config, which are the same for every trial)."""
+    searched = ",".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in trial_params(trial.config).items())
+    name = f"trial_{trial.trial_id}" + (f"_{searched}" if searched else "")
+    return "".join(ch if ch.isalnum() or ch in "._=,-" else "-" for ch in name)[:150]
+
+
 def run_trial(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -56,7 +66,7 @@ def run_trial(config: dict[str, Any]) -> None:
         client, sweep.experiment_id, sweep.parent_run_id, sweep.sweep_name, trial_id, trial_name,
         params={**flatten(trial.method), "preset": trial.preset, "swept": ",".join(sorted(params)),
                 tracking.EXTRACTOR_PARAM: sweep.extractor, tracking.EVAL_N_PARAM: trial.train.eval_samples},
-        uri=sweep.tracking_uri)
+        tags=sweep.run_tags, dataset=sweep.dataset, uri=sweep.tracking_uri)
     diverged = tracking.through_outages("reading the trial's run", client.get_run, trial.run_id,
                                         uri=sweep.tracking_uri).data.tags.get(DIVERGED_TAG, "")
     if diverged.startswith("non-finite loss"):  # a restart (Tune's, or resume) of a trial that diverged
@@ -105,12 +115,12 @@ class MlflowTrialCloser(tune.Callback):
         self.experiment_id = experiment_id
         self.sweep_name = sweep_name
 
-    def _close(self, trial, status: str, reason: str | None = None) -> None:
+    def _close(self, trial, status: str, reason: str | None = None, step: int | None = None) -> None:
         def close() -> None:
             client = tracking.MlflowClient(tracking_uri=self.tracking_uri)
             run_id = tracking.find_trial_run(client, self.experiment_id, self.sweep_name, trial.trial_id)
             if run_id:
-                tracking.close_trial_run(client, run_id, status, reason)
+                tracking.close_trial_run(client, run_id, status, reason, step)
 
         try:  # a tracking server that is down for a while: wait for it, else the run would stay RUNNING
             tracking.through_outages(f"closing trial {trial.trial_id}", close, uri=self.tracking_uri)
@@ -120,7 +130,7 @@ class MlflowTrialCloser(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         stopped_early = last.get("step") is not None and last.get("step", 0) < last.get("total_steps", 0)
-        self._close(trial, "pruned" if stopped_early else "completed")
+        self._close(trial, "pruned" if stopped_early else "completed", step=last.get("step"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = None

@@ -7,6 +7,7 @@ at the same steps (docs/platform.md#reporting-from-every-rank), so Tune sees ran
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -17,6 +18,9 @@ from typing import Any
 
 import torch
 
+from alphaflow.errors import first_line
+
+_logger = logging.getLogger("afsweep.worker")
 CHECKPOINT_FILE = "model.pt"
 # running totals of what the trial has cost, over every attempt; logged at every log step, so a restart loses at
 # most one log interval of them
@@ -63,6 +67,32 @@ class RunLogger:
     def artifact(self, local_path: str, artifact_dir: str) -> None:
         self._call(f"uploading {artifact_dir}/{Path(local_path).name}", self.client.log_artifact, self.run_id,
                    local_path, artifact_dir)
+
+    def image(self, image, key: str, step: int) -> None:
+        if step <= self.logged_until:
+            return
+        self._call(f"logging {key} at step {step}", self.client.log_image, self.run_id, image, key=key, step=step,
+                   synchronous=True)
+
+    def start_system_metrics(self, resumed: bool) -> None:
+        """CPU, memory, disk, network (and GPU, with nvidia-ml-py installed) of this node as `system/...`
+        metrics, every AFSWEEP_SYSTEM_METRICS_S seconds (default 10), as MLflow's own monitor does for
+        `start_run(log_system_metrics=True)`; a restarted attempt continues the steps."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            interval = float(os.environ.get("AFSWEEP_SYSTEM_METRICS_S", "10"))
+            self._system = SystemMetricsMonitor(self.run_id, sampling_interval=interval, resume_logging=resumed,
+                                                tracking_uri=self.uri)
+            self._system.start()
+        except Exception as e:  # psutil missing, a store that refuses: the training goes on without them
+            _logger.warning("no system metrics for run %s: %s", self.run_id, first_line(e))
+            self._system = None
+
+    def stop_system_metrics(self) -> None:
+        if getattr(self, "_system", None) is not None:
+            self._system.finish()
+            self._system = None
 
     def tag(self, key: str, value: str) -> None:
         self._call(f"setting {key}", self.client.set_tag, self.run_id, key, value)
@@ -119,7 +149,7 @@ class Evaluator:
         from alphaflow.evaluation import LatentDecoder
         from alphaflow.metrics import ReferenceStats, load_extractor
 
-        self.trainer, self.manifest, self.trial, self.log = train_state, manifest, trial, log
+        self.train_state, self.manifest, self.trial, self.log = train_state, manifest, trial, log
         self.extractor = load_extractor(trial.sweep.extractor)
         # this node's own copy (an S3 manifest's statistics are cached locally by read_manifest on each node)
         self.reference = ReferenceStats.load(manifest.fid_reference)
@@ -141,7 +171,7 @@ class Evaluator:
         the instantaneous velocity u(z, t, t) (fid_v<N>, a probe of how well v is learned)."""
         from alphaflow.evaluation import evaluate_generator
 
-        cfg, train_state = self.trial.method, self.trainer
+        cfg, train_state = self.trial.method, self.train_state
         result = evaluate_generator(
             sample_fn=lambda z, y, nfe: train_state.sample(z, y, nfe=nfe, ema=True), decode_fn=self.decode,
             image_shape=tuple(self.manifest.image_shape), num_classes=self.manifest.num_classes,
@@ -166,18 +196,21 @@ class Evaluator:
         return improved
 
     def sample_grid(self, result, step: int) -> None:
-        from alphaflow.metrics import sample_grid_png
+        """The 1- and 2-NFE grids as MLflow images with their step (`samples_nfe1`, `samples_nfe2`): the run's
+        image view shows them on a step slider."""
+        from PIL import Image
 
-        with tempfile.TemporaryDirectory() as tmp:
-            grid = Path(tmp) / f"step{step:07d}_nfe1.png"
-            sample_grid_png(result.images[1], result.labels, str(grid))
-            self.log.artifact(str(grid), "samples")
+        from alphaflow.metrics.grid import make_grid
+
+        for nfe, images in sorted(result.images.items()):
+            grid = make_grid(images, result.labels, per_class=10)
+            self.log.image(Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid), f"samples_nfe{nfe}", step)
 
     def checkpoint(self, position, improved: bool = False) -> str:
         """A checkpoint folder for Ray Train; the trial's best EMA weights also go to MLflow (what is registered)."""
         ckpt_dir = tempfile.mkdtemp(prefix="afsweep-ckpt-")
         path = str(Path(ckpt_dir) / CHECKPOINT_FILE)
-        self.trainer.save_checkpoint(path, extra={"best": self.best, "data": self.data_info, "position": position})
+        self.train_state.save_checkpoint(path, extra={"best": self.best, "data": self.data_info, "position": position})
         if improved:
             self.log.artifact(path, "checkpoint")
         return ckpt_dir
@@ -249,7 +282,7 @@ def train_loop(config: dict[str, Any]) -> None:
     manifest = read_manifest(trial.sweep.manifest)
     # the GPU Ray Train gave this worker (use_gpu: true), else the CPU
     train_state = TrainState(cfg, image_shape=tuple(manifest.image_shape), num_classes=manifest.num_classes,
-                      device=str(ray.train.torch.get_device()))
+                             device=str(ray.train.torch.get_device()))
     log = RunLogger(trial.sweep.tracking_uri, trial.run_id) if rank == 0 else None
     evaluator = Evaluator(train_state, manifest, trial, log) if rank == 0 else None
 
@@ -279,29 +312,35 @@ def train_loop(config: dict[str, Any]) -> None:
     def report(step: int, score: bool = True) -> None:
         _report(step, total, evaluator, clock.totals(), means.means(), loader.position(), score)
 
-    if train_state.step == 0:
-        report(0)  # the untrained model's score, the baseline every trial is compared with
-    batches = iter(loader)
-    while train_state.step < total:
-        x, y = next(batches)
-        try:
-            means.add(train_state.train_step(x, y))
-        except NonFiniteLossError as e:
-            # every rank sees the same all-reduced loss and stops here together. Not raised: Ray Train would
-            # restart the worker group from its checkpoint and diverge again; the trial fails once, clearly.
-            if log:
-                log.tag("afsweep.error", str(e))
-            _report_divergence(str(e), train_state.step, total, rank == 0)
-            return
-        step = train_state.step
-        evaluating = step % train.eval_every == 0 or step == total
-        if log and step % train.log_every == 0 and not evaluating:  # an evaluation logs the means itself
-            log.metrics({**means.means(), **clock.totals(), "samples_skipped": loader.skipped}, step)
-        if evaluating:
-            report(step)
-            means.reset()
-            continue
-        if step % train.checkpoint_every == 0:
-            report(step, score=False)
-        if step % train.log_every == 0:
-            means.reset()
+    if log:
+        log.start_system_metrics(resumed=ckpt is not None)
+    try:
+        if train_state.step == 0:
+            report(0)  # the untrained model's score, the baseline every trial is compared with
+        batches = iter(loader)
+        while train_state.step < total:
+            x, y = next(batches)
+            try:
+                means.add(train_state.train_step(x, y))
+            except NonFiniteLossError as e:
+                # every rank sees the same all-reduced loss and stops here together. Not raised: Ray Train would
+                # restart the worker group from its checkpoint and diverge again; the trial fails once, clearly.
+                if log:
+                    log.tag("afsweep.error", str(e))
+                _report_divergence(str(e), train_state.step, total, rank == 0)
+                return
+            step = train_state.step
+            evaluating = step % train.eval_every == 0 or step == total
+            if log and step % train.log_every == 0 and not evaluating:  # an evaluation logs the means itself
+                log.metrics({**means.means(), **clock.totals(), "samples_skipped": loader.skipped}, step)
+            if evaluating:
+                report(step)
+                means.reset()
+                continue
+            if step % train.checkpoint_every == 0:
+                report(step, score=False)
+            if step % train.log_every == 0:
+                means.reset()
+    finally:
+        if log:
+            log.stop_system_metrics()
