@@ -103,7 +103,7 @@ def test_what_an_mlflow_user_sees(sweep):
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     for run in [parent, *children]:
         tags = run.data.tags
-        assert tags["afsweep.command"].startswith("afsweep launch ") or "launch" in tags["afsweep.command"]
+        assert tags["afsweep.command"].startswith("afsweep launch ") and "--run-dir" in tags["afsweep.command"]
         assert len(tags["mlflow.source.git.commit"]) == 40, tags   # the tests run from a git checkout
         (ds,) = run.inputs.dataset_inputs
         assert ds.dataset.name == "fashion-mnist:train" and len(ds.dataset.digest) == 16

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from orchestrator.spec import SpecError, load_spec
+from orchestrator.tracking.provenance import ARGV_META
 
 RUN_DIR_OPTION = click.option(
     "--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("afsweep-runs"), show_default=True,
@@ -27,7 +28,12 @@ def _one_line(e: Exception) -> str:
 
 
 class _Group(click.Group):
-    """Turns the project's own error types into one line and an exit code."""
+    """Turns the project's own error types into one line and an exit code; keeps the command line as typed (the
+    runs' `afsweep.command` tag)."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta[ARGV_META] = list(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
         try:

@@ -1,45 +1,22 @@
-"""The registered model: an MLflow pyfunc that generates images from a trial's EMA checkpoint.
-
-    model = mlflow.pyfunc.load_model("models:/afsweep-fashion-mnist@best-fid1")
-    images = model.predict(pd.DataFrame({"class_label": [0, 1, 2]}), params={"nfe": 1, "seed": 0})
-    # -> uint8 array (N, C, H, W)
-"""
+"""Logging the registered model: the pyfunc whose code is `generator_pyfunc.py` (models-from-code), with the
+`alphaflow` package and the trial's EMA checkpoint packaged beside it."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
-import numpy as np
-import torch
 
-from alphaflow.checkpoint import load_generator
-from alphaflow.evaluation import LatentDecoder
-from alphaflow.sampling import sample
+import alphaflow
 
-
-class GeneratorModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context):
-        self.model, self.info = load_generator(context.artifacts["checkpoint"], ema=True)
-        self.model.eval()
-        data = self.info["extra"]["data"]
-        self.decode = LatentDecoder(data["codec"], data["mean"], data["std"])
-        sampling = self.info["config"].get("sampling", {})
-        self.t_mid = float(sampling.get("t_mid", 0.5))
-        self.two_nfe = sampling.get("two_nfe", "ode")
-
-    def predict(self, context, model_input, params=None):
-        params = params or {}
-        nfe = int(params.get("nfe", 1))
-        seed = int(params.get("seed", 0))
-        labels = np.array(model_input["class_label"], dtype=np.int64)  # a writable copy for torch
-        y = torch.from_numpy(labels)
-        g = torch.Generator().manual_seed(seed)
-        noise = torch.randn((len(labels), *self.info["image_shape"]), generator=g)
-        with torch.no_grad():
-            z = sample(self.model, noise, y, nfe=nfe, two_nfe=self.two_nfe, t_mid=self.t_mid, generator=g)
-        return self.decode(z)
+MODEL_CODE = Path(__file__).with_name("generator_pyfunc.py")
+# what the packaged model needs to sample (alphaflow itself travels in the model's code/ folder; mlflow is added by
+# MLflow); the VAE codec's models also need diffusers
+MODEL_REQUIREMENTS = ["torch==2.13.0", "numpy>=1.26", "pillow>=10", "pydantic>=2.7", "pandas"]
 
 
 @contextmanager
@@ -65,22 +42,20 @@ def log_generator_model(tracking_uri: str, run_id: str, checkpoint_path: str, na
 
 
 def _log(run_id: str, checkpoint_path: str, name: str) -> str:
-    import pandas as pd
-    from mlflow.models import infer_signature
-
     client = mlflow.MlflowClient()
     before = client.get_run(run_id).info  # logging reopens the run: its status and end time are put back after
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        # MLflow's hints about integer columns, type-hinted predict() and input examples: the signature is explicit
-        warnings.simplefilter("ignore", UserWarning)
-        # params must be in the signature, or pyfunc silently ignores them at predict time
-        signature = infer_signature(pd.DataFrame({"class_label": [0]}), params={"nfe": 1, "seed": 0})
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns in the example
+        code = Path(tmp) / "alphaflow"
+        shutil.copytree(Path(alphaflow.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
         info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=GeneratorModel(),
+            python_model=str(MODEL_CODE),   # models-from-code: no cloudpickled object
+            code_paths=[str(code)],
             artifacts={"checkpoint": checkpoint_path},
-            signature=signature,
-            pip_requirements=["afsweep", "torch==2.13.0"],
+            # the signature comes from predict's type hints; params must be in it, or pyfunc ignores them
+            input_example=([{"class_label": 0}], {"nfe": 1, "seed": 0}),
+            pip_requirements=MODEL_REQUIREMENTS,
         )
     if before.end_time:  # an ended trial keeps its true duration and state (start_run would make it FINISHED now)
         client.set_terminated(run_id, status=before.status, end_time=before.end_time)

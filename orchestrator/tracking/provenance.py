@@ -12,15 +12,25 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+ARGV_META = "afsweep.argv"   # where the CLI keeps its arguments as typed (click's context meta)
 COMMAND_TAG = "afsweep.command"
 VERSION_TAG = "afsweep.version"
 COMMIT_TAG = "mlflow.source.git.commit"   # MLflow's standard tag: the UI shows and links it
 DIRTY_TAG = "afsweep.source.dirty"        # "true" when the checkout had uncommitted changes
 
 
+def command_line() -> list[str]:
+    """`afsweep ...` as typed when the CLI runs (in this process or not), else this process's argv."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    typed = ctx.find_root().meta.get(ARGV_META) if ctx is not None else None
+    return ["afsweep", *typed] if typed is not None else list(sys.argv)
+
+
 def source_tags(argv: list[str] | None = None) -> dict[str, str]:
     """The command line, the afsweep version and, from a git checkout, its commit."""
-    argv = sys.argv if argv is None else argv
+    argv = command_line() if argv is None else argv
     tags = {COMMAND_TAG: shlex.join([Path(argv[0]).name, *argv[1:]])[:5000] if argv else "",
             "mlflow.source.type": "LOCAL", "mlflow.source.name": "afsweep"}
     try:
