@@ -116,8 +116,9 @@ def test_what_an_mlflow_user_sees(sweep):
             assert "Stopped early by ASHA" in child.data.tags["mlflow.note.content"]
         images = [a.path for a in client.list_artifacts(rid, "images")]
         for nfe in (1, 2):
-            steps = sorted({int(p.split("%step%")[1].split("%")[0]) for p in images
-                            if p.startswith(f"images/samples_nfe{nfe}%step%") and p.endswith(".png")})
+            # MLflow's layout: images/<key>+step+<step>+timestamp+<ms>+<uuid>.png (and a compressed preview)
+            steps = sorted({int(p.split("+step+")[1].split("+")[0]) for p in images
+                            if p.startswith(f"images/samples_nfe{nfe}+step+") and p.endswith(".png")})
             assert steps[:2] == [0, 15], (nfe, images)
         assert any(k.startswith("system/cpu_utilization") for k in child.data.metrics), child.data.metrics.keys()
         assert any(k.startswith("system/system_memory_usage") for k in child.data.metrics)
