@@ -41,7 +41,12 @@ def sweep(tmp_path_factory):
     spec = root / "spec.yaml"
     spec.write_text(SPEC)
     run_dir = root / "runs"
-    res = CliRunner().invoke(main, ["launch", str(spec), "--run-dir", str(run_dir)], catch_exceptions=False)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AFSWEEP_SYSTEM_METRICS_S", "2")   # trials of seconds: sample the system often enough to see it
+    try:
+        res = CliRunner().invoke(main, ["launch", str(spec), "--run-dir", str(run_dir)], catch_exceptions=False)
+    finally:
+        mp.undo()
     return res, run_dir
 
 
