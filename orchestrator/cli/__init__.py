@@ -125,10 +125,11 @@ def preview(spec_path: Path, sets: tuple[str, ...], png_path: Path | None, no_ti
     if not no_timing:
         shape, classes = _data_shape(spec)
         cost = estimate_cost(spec, plan, shape, classes)
-        click.echo(f"cost estimate: {cost['trial_steps']} trial-steps at {cost['step_s'] * 1000:.0f} ms/step on this "
-                   f"machine: ~{cost['wall_s'] / 60:.1f} min wall, {cost['cpu_s'] / 3600:.2f} CPU-h"
+        click.echo(f"cost estimate: ~{cost['wall_s'] / 60:.1f} min wall, {cost['cpu_s'] / 3600:.2f} CPU-h"
                    + (f", {cost['gpu_s'] / 3600:.2f} GPU-h" if cost["gpu_s"] else "")
-                   + " (training only; evaluations and start-up come on top)")
+                   + f" ({cost['trial_steps']} trial-steps at {cost['step_s'] * 1000:.0f} ms/step and evaluations "
+                   f"of {cost['eval_s']:.1f} s measured here, x{cost['share']:.1f} for trials sharing the cores, "
+                   f"start-up; every trial to its last step: ASHA can only shorten it)")
     if png_path is not None:
         click.echo(f"schedules plot: {schedules_png(plan, png_path)}")
 

@@ -80,20 +80,75 @@ def time_steps(cfg, image_shape, num_classes: int, batch: int, steps: int = 3) -
     return sum(costs) / len(costs)
 
 
-def estimate_cost(spec: SweepSpec, plan: Plan, image_shape, num_classes: int) -> dict[str, float]:
-    """Trial-steps, and wall/CPU seconds at the measured step time (evaluation and start-up not included)."""
+# what a sweep pays beyond its steps and evaluations, measured on this 2-core machine (main spec, idle machine;
+# docs/spec.md "preview"): Ray's local cluster, the study and the parent run before the first trial, and the
+# registration after the last; per trial: its Train controller and worker group, process group, loader and run
+SWEEP_FIXED_S = 25.0
+TRIAL_START_S = 20.0
+METRICS_S = 0.6   # per scored sampler at 1000 samples: FID, precision/recall, KID on the features
+
+
+def time_evaluation(spec: SweepSpec, cfg, image_shape, num_classes: int, probe: int = 250) -> float:
+    """Seconds of one evaluation on rank 0: every sampler it scores (1 and 2 NFE, each extra EMA half-life at
+    1 NFE, the N-step probe), each one's images through the extractor, and the metrics, at train.eval_samples."""
+    import numpy as np
     import torch
 
-    torch.set_num_threads(spec.train.threads_per_worker)
-    per_rank = max(1, plan.configs[0].batch_size // spec.train.workers)
+    from alphaflow.metrics import load_extractor
+    from alphaflow.train_state import TrainState
+    from orchestrator.trial.config import domain_extractor
+
+    n = spec.train.eval_samples
+    state = TrainState(cfg, image_shape=image_shape, num_classes=num_classes)
+    noise, y = torch.randn(probe, *image_shape), torch.randint(0, num_classes, (probe,))
+    state.sample(noise[:8], y[:8], nfe=1)  # warm-up
+    t0 = time.perf_counter()
+    state.sample(noise, y, nfe=1)
+    one_nfe = time.perf_counter() - t0
+    samplers = 2 + len(cfg.ema.extra_half_lives) + (1 if spec.train.eval_nstep else 0)
+    forwards = 1 + 2 + len(cfg.ema.extra_half_lives) + spec.train.eval_nstep
+    try:
+        extractor = load_extractor(domain_extractor(spec.data.dataset))
+        images = np.random.default_rng(0).integers(0, 256, (probe, *image_shape), dtype=np.uint8)
+        extractor.features(images[:8])
+        t0 = time.perf_counter()
+        extractor.features(images)
+        features = time.perf_counter() - t0
+    except Exception:  # another extractor or image shape: its cost is not timed here
+        features = 0.0
+    return (forwards * one_nfe + samplers * features) * n / probe + samplers * METRICS_S * n / 1000
+
+
+def estimate_cost(spec: SweepSpec, plan: Plan, image_shape, num_classes: int) -> dict[str, float]:
+    """Wall, CPU and GPU seconds of the sweep: steps and evaluations at the times measured here, slowed by the
+    trials' processes sharing this machine's cores, in waves of max_concurrent trials, plus the fixed costs of a
+    sweep and of each trial. Every trial is counted to its last step: ASHA can only make it shorter."""
+    import os
+
+    import torch
+
+    train = spec.train
+    torch.set_num_threads(train.threads_per_worker)
+    per_rank = max(1, plan.configs[0].batch_size // train.workers)
     plan.step_s = time_steps(plan.configs[0], tuple(image_shape), num_classes, per_rank)
-    trial_steps = sum(c.total_steps for c in plan.configs)
-    worker_s = trial_steps * plan.step_s
+    plan.eval_s = time_evaluation(spec, plan.configs[0], tuple(image_shape), num_classes)
     concurrency = min(spec.search.max_concurrent, len(plan.configs))
-    return {"trial_steps": trial_steps, "step_s": plan.step_s,
-            "cpu_s": worker_s * spec.train.workers * spec.train.threads_per_worker,
-            "gpu_s": worker_s * spec.train.workers if spec.train.use_gpu else 0.0,
-            "wall_s": worker_s / concurrency}
+    # each trial's workers share the cores with the other trials running at the same time (a GPU trial's step is
+    # its GPU's, not shared)
+    busy = concurrency * train.workers * train.threads_per_worker
+    share = 1.0 if train.use_gpu else max(1.0, busy / (os.cpu_count() or 1))
+    trial_s = []
+    for c in plan.configs:
+        evaluations = c.total_steps // train.eval_every + 1 + (c.total_steps % train.eval_every > 0)
+        trial_s.append((c.total_steps * plan.step_s + evaluations * plan.eval_s) * share + TRIAL_START_S)
+    waves = [trial_s[i:i + concurrency] for i in range(0, len(trial_s), concurrency)]
+    wall = SWEEP_FIXED_S + sum(max(w) for w in waves)
+    trial_steps = sum(c.total_steps for c in plan.configs)
+    worker_s = sum(trial_s)
+    return {"trial_steps": trial_steps, "step_s": plan.step_s, "eval_s": plan.eval_s, "share": share,
+            "cpu_s": worker_s * train.workers * train.threads_per_worker / share,
+            "gpu_s": worker_s * train.workers if train.use_gpu else 0.0,
+            "wall_s": wall}
 
 
 def schedules_png(plan: Plan, path: str | Path, max_lines: int = 8) -> str:
