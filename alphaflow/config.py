@@ -88,7 +88,8 @@ class LossConfig(_Section):
     adaptive_p: Float = 1.0
     adaptive_c: Float = 1e-3
     reduce: Literal["mean", "sum"] = "mean"   # over elements
-    clip: Float = 4.0               # target clip of the 0 < alpha < 1 branch
+    clip: Float = 4.0               # target clip of the r < t rows for 0 < alpha <= 1 (the official code's)
+    clip_alpha1: Bool = True        # also at alpha = 1 (target v), as the official alpha-Flow code; False: unclipped
     minsnr_gamma: Float = Field(0.0, ge=0.0)  # 0 = off; MinSNR time weight on the r = t rows
     beta: Bool = False              # Improved MeanFlow's progressive Delta-t weight on r < t rows
     beta_k: Float = 1.0

@@ -3,7 +3,8 @@
 One call = one minibatch loss:
 - z_t = (1 - t) x + t eps, v = eps - x; rows with r = t (a fraction ratio_fm) regress to v_cfg.
 - r < t rows, by alpha:
-  alpha == 1      target v_cfg (trajectory flow matching), no extra network pass;
+  alpha == 1      target v_cfg (trajectory flow matching), no extra network pass; clipped to +-clip as in the
+                  official code (loss.clip_alpha1: false leaves it unclipped);
   0 < alpha < 1   target alpha v_cfg + (1 - alpha) sg(u(z_s, r, s)), s = t - alpha (t - r),
                   z_s = z_t - alpha (t - r) v_cfg: one no-grad pass of the online network on those rows only,
                   clipped to +-clip;
@@ -78,8 +79,8 @@ def meanflow_dudt(model: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.T
 
 
 def predict_and_target(model: nn.Module, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                       v_cfg: torch.Tensor, traj_idx: torch.Tensor, alpha: float, clip: float
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       v_cfg: torch.Tensor, traj_idx: torch.Tensor, alpha: float, clip: float,
+                       clip_alpha1: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(u with graph, detached target) for the whole batch; traj_idx: the rows with r < t."""
     dtype = z_t.dtype
     dt = t - r
@@ -104,6 +105,10 @@ def predict_and_target(model: nn.Module, z_t: torch.Tensor, r: torch.Tensor, t: 
         u = u.index_put((fm_idx,), model(z_t[fm_idx], r[fm_idx], t[fm_idx], y[fm_idx]).to(dtype))
         return u, target.detach()
     target = v_cfg
+    if alpha == 1.0 and clip_alpha1 and traj_idx.numel():
+        # the official alpha-Flow code clips every r < t target, here v_cfg itself; the r = t rows stay unclipped
+        target = v_cfg.clone()
+        target[traj_idx] = v_cfg[traj_idx].clamp(-clip, clip)
     if alpha < 1.0 and traj_idx.numel():
         s = t[traj_idx] - alpha * dt[traj_idx]
         z_s = z_t[traj_idx] - _rows(alpha * dt[traj_idx], z_t) * v_cfg[traj_idx]
@@ -148,7 +153,8 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
     traj = ~fm_mask
     traj_idx = traj.nonzero().squeeze(1)
 
-    u, target = predict_and_target(model, z_t, r, t, y, v_cfg, traj_idx, alpha, float(cfg.loss.clip))
+    u, target = predict_and_target(model, z_t, r, t, y, v_cfg, traj_idx, alpha, float(cfg.loss.clip),
+                                   bool(cfg.loss.clip_alpha1))
 
     per_row = _per_row((u - target) ** 2, cfg.loss.reduce)
     n = torch.ones(b, dtype=dtype, device=dev)

@@ -24,7 +24,7 @@ def record(fault: str, completed: str, steps_redone: int | str, runs_lost: int, 
             f.write(json.dumps(row) + "\n")
 
 
-def trial_figures(client, run_id: str, total_steps: int, fault_ms: float) -> dict:
+def trial_figures(client, run_id: str, fault_ms: float) -> dict:
     """From the trial's own MLflow history:
     - steps redone: the steps logged before each restart beyond the step it resumed from (a lower bound by at most
       one log interval);

@@ -216,11 +216,10 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _raylet_of(resource: str, known: set[int]) -> int | None:
+def _new_raylet(known: set[int]) -> int | None:
+    """The raylet that the last `ray start` added: the one not known yet (a node's custom resource is not on its
+    raylet's command line, so the pid is how nodes are told apart)."""
     for pid, (_, cmd) in _proc_table().items():
-        if "/raylet " in f"{cmd} " and "raylet/raylet" in cmd and pid not in known and resource in cmd:
-            return pid
-    for pid, (_, cmd) in _proc_table().items():  # the resource is not on its command line: the newest raylet
         if cmd.split(" ")[0].endswith("/raylet") and pid not in known:
             return pid
     return None
@@ -249,7 +248,7 @@ def ray_cluster(root: Path, nodes: list[tuple[str, int]], env: dict[str, str] | 
                                  env={**node_env, "RAY_AUTH_MODE": "token"} if i else node_env)
             if out.returncode != 0:
                 raise RuntimeError(f"ray start ({name}) failed: {out.stderr[-2000:]}")
-            node.raylet_pid = _raylet_of(node.resource, {n.raylet_pid for n in started})
+            node.raylet_pid = _new_raylet({n.raylet_pid for n in started})
             started.append(node)
         yield RayCluster(f"{NODE_IP}:{port}", f"http://127.0.0.1:{dash}", started, temp)
     finally:

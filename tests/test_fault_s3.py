@@ -7,10 +7,6 @@ completes, every log step is in MLflow once, and no sample is skipped.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -18,10 +14,9 @@ import pytest
 
 from tests.fault_table import record, trial_figures
 from tests.s3_fixtures import start_weed, stop_weed
+from tests.sweep_proc import launch, trial_runs, wait, wait_for_step
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.faults]
-
-CLI = [sys.executable, "-m", "orchestrator.cli"]
 
 SPEC = """
 name: s3-outage
@@ -46,48 +41,31 @@ def test_the_s3_server_down_for_30_s_mid_trial_loses_nothing(tmp_path, monkeypat
             monkeypatch.setenv(k, v)
         storage.reset_clients()
         manifest = prepare_builtin("digits", f"s3://{server.bucket}/digits")
-        spec = tmp_path / "spec.yaml"
-        spec.write_text(SPEC.format(manifest=manifest, storage=f"s3://{server.bucket}/runs"))
         run_dir = tmp_path / "runs"
-        log_path = tmp_path / "launch.log"
-        t0 = time.time()
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(CLI + ["launch", str(spec), "--run-dir", str(run_dir)], stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ})
         uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+        t0 = time.time()
+        proc, log_path = launch(tmp_path, SPEC.format(manifest=manifest, storage=f"s3://{server.bucket}/runs"))
         stopped_ms = None
         deadline = time.time() + 900
         try:
-            while time.time() < deadline and proc.poll() is None and stopped_ms is None:
-                time.sleep(1)
-                if "MLflow parent run" not in log_path.read_text():
-                    continue
-                client = MlflowClient(tracking_uri=uri)
-                exp = client.get_experiment_by_name("afsweep")
-                runs = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'trial'") if exp else []
-                steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] if runs else []
-                if steps and max(steps) >= 15:
-                    stopped_ms = time.time() * 1000
-                    stop_weed(server)
-                    time.sleep(30)
-                    server = start_weed(server.data_dir, server.bucket, server.access_key, server.secret_key,
-                                        ports=server.ports)
-            proc.wait(timeout=max(1, deadline - time.time()))
+            if wait_for_step(proc, log_path, lambda: MlflowClient(tracking_uri=uri), 15, deadline) is not None:
+                stopped_ms = time.time() * 1000
+                stop_weed(server)
+                time.sleep(30)
+                server = start_weed(server.data_dir, server.bucket, server.access_key, server.secret_key,
+                                    ports=server.ports)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            wait(proc, deadline - time.time())
         out = log_path.read_text()
         assert stopped_ms, "the trial never logged step 15: " + out[-3000:]
         assert proc.returncode == 0, out[-4000:]
         assert "1 trials: 1 completed" in out, out[-3000:]
         client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name("afsweep")
-        runs = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'trial'")
+        runs = trial_runs(client)
         assert len(runs) == 1 and runs[0].data.tags["afsweep.status"] == "completed"
         run_id = runs[0].info.run_id
         assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == list(range(5, 61, 5))
-        fig = trial_figures(client, run_id, 60, stopped_ms)
+        fig = trial_figures(client, run_id, stopped_ms)
         assert fig["samples_skipped"] == 0
         record("S3 server stopped 30 s mid-trial (data, Tune state, checkpoints in S3)", "1 / 1",
                fig["steps_redone"], 0, 0, fig["samples_skipped"], fig["seconds_added"], wall_s=time.time() - t0)

@@ -14,18 +14,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.fault_table import record, trial_figures
+from tests.sweep_proc import launch, trial_runs, wait, wait_for_step
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
-
-CLI = [sys.executable, "-m", "orchestrator.cli"]
 
 SPEC = """
 name: worker-kill
@@ -53,48 +50,34 @@ def train_worker_pids() -> list[int]:
     return sorted(pids)
 
 
-def _trial_run(run_dir: Path):
+def _client(run_dir: Path):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("afsweep") if (run_dir / "mlflow.db").exists() else None
-    runs = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'trial'") if exp else []
-    return client, runs
+    return MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
 
 
 def test_a_killed_train_worker_restarts_from_its_checkpoint(tmp_path, fashion_manifest):
     run_dir = tmp_path / "runs"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.format(manifest=fashion_manifest))
-    log = open(tmp_path / "launch.log", "w+")
-    proc = subprocess.Popen(CLI + ["launch", str(spec), "--run-dir", str(run_dir)], stdout=log,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    killed, killed_ms = None, None
     t0 = time.time()
+    proc, log = launch(tmp_path, SPEC.format(manifest=fashion_manifest))
     deadline = time.time() + 600
+    killed, killed_ms = None, None
     try:
-        while time.time() < deadline and proc.poll() is None and killed is None:
-            time.sleep(1)
-            if "MLflow parent run" not in (tmp_path / "launch.log").read_text():
-                continue  # the store is being created: do not race its migrations
-            client, runs = _trial_run(run_dir)
-            if runs:
-                steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
-                pids = train_worker_pids()
-                if steps and max(steps) >= 25 and len(pids) >= 2:
-                    killed, killed_ms = (max(steps), pids[-1]), time.time() * 1000
-                    os.kill(pids[-1], signal.SIGKILL)  # one DDP rank, mid-trial
-        proc.wait(timeout=max(1, deadline - time.time()))
+        at = wait_for_step(proc, log, lambda: _client(run_dir), 25, deadline,
+                           ready=lambda: len(train_worker_pids()) >= 2)
+        if at is not None:
+            pid = train_worker_pids()[-1]
+            killed, killed_ms = (at, pid), time.time() * 1000
+            os.kill(pid, signal.SIGKILL)  # one DDP rank, mid-trial
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        wait(proc, deadline - time.time())
     out = (tmp_path / "launch.log").read_text()
     assert killed, "never saw two Train workers training: " + out[-3000:]
     assert proc.returncode == 0, out[-4000:]
     assert re.search(r"1 trials: 1 completed", out), out[-3000:]
 
-    client, runs = _trial_run(run_dir)
+    client = _client(run_dir)
+    runs = trial_runs(client)
     assert len(runs) == 1, "the restarted trial must keep its one MLflow run"
     run = runs[0]
     assert run.data.tags["afsweep.status"] == "completed" and run.info.status == "FINISHED"
@@ -106,32 +89,13 @@ def test_a_killed_train_worker_restarts_from_its_checkpoint(tmp_path, fashion_ma
     walls = sorted(client.get_metric_history(run.info.run_id, "wall_s"), key=lambda m: m.step)
     assert all(a.value <= b.value for a, b in zip(walls, walls[1:])), "cost went backwards across the restart"
 
-    fig = trial_figures(client, run.info.run_id, 80, killed_ms)
+    fig = trial_figures(client, run.info.run_id, killed_ms)
     # the checkpoint before the last one at worst: Ray Train registers a reported checkpoint when its controller
     # next polls the workers, and a group that dies before that resumes from the one before
     assert fig["steps_redone"] <= 2 * 10 + 5, fig
     assert len(client.get_metric_history(run.info.run_id, "restarts")) >= 1
     record("one Train worker SIGKILLed", "1 / 1", fig["steps_redone"], 0, 0, fig["samples_skipped"],
            fig["seconds_added"], wall_s=time.time() - t0)
-
-
-def _launch(tmp_path: Path, spec_text: str, env: dict | None = None):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(spec_text)
-    log = open(tmp_path / "launch.log", "w+")
-    proc = subprocess.Popen(CLI + ["launch", str(spec), "--run-dir", str(tmp_path / "runs")], stdout=log,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, **(env or {})})
-    return proc, tmp_path / "launch.log"
-
-
-def _wait(proc, timeout: float) -> None:
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 OUTAGE_SPEC = """
@@ -178,34 +142,28 @@ def test_the_mlflow_server_down_for_30_s_mid_trial_loses_nothing(tmp_path, fashi
     server = start_mlflow(tmp_path, port)
     data = _copy_with_corrupt_samples(fashion_manifest, tmp_path / "data")
     t0 = time.time()
-    proc, log = _launch(tmp_path, OUTAGE_SPEC.format(manifest=data, uri=uri))
+    proc, log = launch(tmp_path, OUTAGE_SPEC.format(manifest=data, uri=uri))
     client, stopped_ms, down_s = MlflowClient(tracking_uri=uri), None, 0.0
     try:
         deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None and stopped_ms is None:
-            time.sleep(1)
-            exp = client.get_experiment_by_name("afsweep") if "MLflow parent run" in log.read_text() else None
-            runs = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'trial'") if exp else []
-            steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] if runs else []
-            if steps and max(steps) >= 15:
-                stopped_ms = time.time() * 1000
-                stop_server(server)
-                time.sleep(30)
-                server = start_mlflow(tmp_path, port)
-                down_s = time.time() - stopped_ms / 1000
-        _wait(proc, max(1, deadline - time.time()))
+        if wait_for_step(proc, log, lambda: client, 15, deadline) is not None:
+            stopped_ms = time.time() * 1000
+            stop_server(server)
+            time.sleep(30)
+            server = start_mlflow(tmp_path, port)
+            down_s = time.time() - stopped_ms / 1000
+        wait(proc, deadline - time.time())
         out = log.read_text()
         assert stopped_ms, "the trial never logged step 15: " + out[-3000:]
         assert proc.returncode == 0, out[-4000:]
         assert "1 trials: 1 completed" in out, out[-3000:]
-        exp = client.get_experiment_by_name("afsweep")
-        runs = client.search_runs([exp.experiment_id], "tags.`afsweep.kind` = 'trial'")
+        runs = trial_runs(client)
         assert len(runs) == 1 and runs[0].data.tags["afsweep.status"] == "completed"
         run_id = runs[0].info.run_id
         loss_steps = [m.step for m in client.get_metric_history(run_id, "loss")]
         assert sorted(loss_steps) == list(range(5, 81, 5)), sorted(loss_steps)  # every log step, once
         assert sorted(m.step for m in client.get_metric_history(run_id, "fid1")) == [0, 40, 80]
-        fig = trial_figures(client, run_id, 80, stopped_ms)
+        fig = trial_figures(client, run_id, stopped_ms)
         assert fig["samples_skipped"] >= 1, "the skipped samples must be counted"
         record("MLflow server stopped 30 s mid-trial (the trial waits)", "1 / 1", fig["steps_redone"], 0, 0,
                "-", fig["seconds_added"], down_s=round(down_s), wall_s=time.time() - t0)

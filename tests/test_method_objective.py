@@ -58,9 +58,28 @@ def run(model, alpha, cfg=None, n=6, fm_rows=2, seed=1):
                            times=times, eps=eps, return_parts=True)
 
 
+def test_alpha_one_clips_the_r_lt_t_targets_as_the_official_code():
+    """Pinned parity: at alpha = 1 every r < t target (v) is clipped to +-loss.clip; the r = t rows are not."""
+    cfg = config()
+    cfg.loss.clip = 0.5              # well inside N(0, 1) noise: many elements are clipped
+    x, y, (t, r, fm), eps = batch(n=8, seed=3, fm_rows=3)
+    parts = alpha_flow_loss(tiny_dit(), x, y, alpha=1.0, ratio_fm=0.0, cfg=cfg, num_classes=NUM_CLASSES,
+                            times=(t, r, fm), eps=eps, return_parts=True)[2]
+    v = eps - x
+    assert torch.equal(parts["target"][~fm], v[~fm].clamp(-0.5, 0.5))
+    assert torch.equal(parts["target"][fm], v[fm]) and v[fm].abs().max() > 0.5
+    assert (v[~fm].abs() > 0.5).any()
+    cfg.loss.clip_alpha1 = False     # the old behaviour, kept as a setting
+    parts = alpha_flow_loss(tiny_dit(), x, y, alpha=1.0, ratio_fm=0.0, cfg=cfg, num_classes=NUM_CLASSES,
+                            times=(t, r, fm), eps=eps, return_parts=True)[2]
+    assert torch.equal(parts["target"], v)
+
+
 def test_proof1_alpha_one_target_is_v_and_one_pass():
     model = CountingModel(tiny_dit())
-    _, logs, parts = run(model, alpha=1.0)
+    cfg = config()
+    cfg.loss.clip = 1e9              # no element reaches the clip: the target is v itself
+    _, logs, parts = run(model, alpha=1.0, cfg=cfg)
     assert model.calls == 1
     assert torch.equal(parts["target"], parts["v_cfg"])
     x, _, _, eps = batch()

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from orchestrator import tracking
+from tests.toy_store import toy_store
 
 MODEL = "afsweep-pyfunc-test"
 
@@ -23,18 +24,8 @@ MODEL = "afsweep-pyfunc-test"
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
     """A real TrainState's checkpoint logged as the pyfunc and registered as MODEL@best-fid1 (3 classes)."""
-    from alphaflow.config import apply_overrides
-    from alphaflow.presets import get_preset
-    from alphaflow.train_state import TrainState
-
     root = tmp_path_factory.mktemp("pyfunc")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = tracking.client_for(uri)
-    exp = tracking.ensure_experiment(client, "afsweep", root / "mlartifacts")
-    cfg = apply_overrides(get_preset("tiny-cpu"), {"model.size": "micro"})
-    ckpt = root / "model.pt"
-    TrainState(cfg, image_shape=(1, 8, 8), num_classes=3).save_checkpoint(str(ckpt), extra={"data": {
-        "mean": [0.0], "std": [1.0], "codec": "identity", "dataset_id": "toy", "class_names": []}})
+    client, uri, exp, ckpt = toy_store(root)
     run_id = client.create_run(exp).info.run_id
     client.log_artifact(run_id, str(ckpt), "checkpoint")
     model_uri = tracking.register_generator(client, uri, run_id, MODEL, ["best-fid1"])

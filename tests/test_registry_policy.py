@@ -9,6 +9,7 @@ import itertools
 import pytest
 
 from orchestrator import tracking
+from tests.toy_store import toy_store
 
 MODEL = "afsweep-policy-test"
 _ids = itertools.count()
@@ -16,20 +17,7 @@ _ids = itertools.count()
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from alphaflow.presets import get_preset
-    from alphaflow.config import apply_overrides
-    from alphaflow.train_state import TrainState
-
-    root = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = tracking.client_for(uri)
-    exp = tracking.ensure_experiment(client, "afsweep", root / "mlartifacts")
-    cfg = apply_overrides(get_preset("tiny-cpu"), {"model.size": "micro"})
-    train_state = TrainState(cfg, image_shape=(1, 8, 8), num_classes=3)
-    ckpt = root / "model.pt"
-    train_state.save_checkpoint(str(ckpt), extra={"data": {"mean": [0.0], "std": [1.0], "codec": "identity",
-                                                       "dataset_id": "toy", "class_names": []}})
-    return client, uri, exp, ckpt
+    return toy_store(tmp_path_factory.mktemp("registry"))
 
 
 def _trial(store, sweep: str, fid1: float, *, state: str = "completed", best_step: int = 20,
