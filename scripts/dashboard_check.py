@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import re
@@ -31,6 +30,9 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from browser import screenshots  # noqa: E402  (beside this script)
+
 SPEC = """
 name: dashboard-check
 data: {dataset: digits}
@@ -61,56 +63,6 @@ def _running_workers(base: str, token: str) -> list[dict]:
             if workers and all(w.get("status") == "ALIVE" for w in workers):
                 return [dict(w, run=run["name"]) for w in workers]
     return []
-
-
-async def _screenshots(chromium: str, base: str, token: str, pages: dict[str, str], out: Path) -> None:
-    """Each page's screenshot, through the DevTools protocol of a headless Chromium bound to loopback."""
-    import aiohttp
-
-    profile = tempfile.mkdtemp(prefix="afsweep-chromium-")
-    port = 9333
-    proc = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                             f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1",
-                             f"--user-data-dir={profile}", "--window-size=1600,1000", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(100):
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/json") as r:
-                        targets = [t for t in await r.json() if t.get("type") == "page"]
-                    if targets:
-                        break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
-            async with http.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                ids = iter(range(1, 10_000))
-
-                async def call(method: str, **params):
-                    i = next(ids)
-                    await ws.send_json({"id": i, "method": method, "params": params})
-                    async for msg in ws:
-                        data = json.loads(msg.data)
-                        if data.get("id") == i:
-                            if "error" in data:
-                                raise RuntimeError(f"{method}: {data['error']}")
-                            return data.get("result", {})
-
-                await call("Network.enable")
-                # the cookie the dashboard's login form sets (POST /api/authenticate), set directly
-                await call("Network.setCookie", name="ray-authentication-token", value=token, url=base, path="/")
-                for name, path in pages.items():
-                    await call("Page.navigate", url=f"{base}{path}")
-                    await asyncio.sleep(8)   # the dashboard polls its API; let the tables fill
-                    shot = await call("Page.captureScreenshot", format="png")
-                    (out / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
-                    text = await call("Runtime.evaluate", expression="document.body.innerText")
-                    (out / f"{name}.txt").write_text(text.get("result", {}).get("value", ""))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def main() -> int:
@@ -151,8 +103,8 @@ def main() -> int:
         for label, tok, want in (("no token", None, 401), ("wrong token", "wrong", 403), ("the token", token, 200)):
             code, _ = _get(f"{base}/api/jobs/", tok)
             checks.append((f"API with {label}: {want}", code == want))
-        asyncio.run(_screenshots(chromium, base, token, {"actors": "/#/actors",
-                                                         "train-state-api": "/api/train/v2/runs/v1"}, out))
+        asyncio.run(screenshots(chromium, base, {"actors": "/#/actors", "train-state-api": "/api/train/v2/runs/v1"},
+                                out, cookies={"ray-authentication-token": token}))
         actors = (out / "actors.txt").read_text()
         pids = [str(w["pid"]) for w in workers]
         checks.append(("Actors page shows each RayTrainWorker (pid)",
