@@ -127,6 +127,17 @@ def test_what_an_mlflow_user_sees(sweep):
             assert steps[:2] == [0, 15], (nfe, images)
         assert any(k.startswith("system/cpu_utilization") for k in child.data.metrics), child.data.metrics.keys()
         assert any(k.startswith("system/system_memory_usage") for k in child.data.metrics)
+    # what Optuna learned from each completed trial is the score the registry ranks it by: its best, not its last
+    import optuna
+
+    study = optuna.load_study(study_name=parent.data.tags["afsweep.sweep"],
+                              storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    lrs = {float(c.data.params["optim.lr"]): c.data.metrics["fid1_best"] for c in children}
+    told = [(t.params["optim.lr"], t.value) for t in study.trials if t.state.name == "COMPLETE"]
+    for lr, value in told:   # the child run with this trial's learning rate (params are stored to 6 digits)
+        nearest = min(lrs, key=lambda x: abs(x - lr))
+        assert value == pytest.approx(lrs[nearest]), (told, lrs)
+    assert told
     sweep_dir = next((run_dir / "ray").glob("e2e-*"))
     trial_dirs = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and d.name.startswith("trial_"))
     assert len(trial_dirs) == 2 and all("alpha.k_e=" in d and "optim.lr=" in d and "preset" not in d

@@ -209,7 +209,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     from ray import tune
 
     from alphaflow.data import read_manifest
-    from orchestrator.sweep.search import make_scheduler, make_searcher
+    from orchestrator.sweep.search import make_scheduler, make_searcher, tune_metric
     from orchestrator.trial.trainable import (SETTINGS_KEY, DriverHeartbeat, MlflowTrialCloser, run_trial,
                                               trial_dirname)
 
@@ -264,7 +264,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
                          train_storage=places.train_storage(sweep_name), run_tags=run_tags,
                          dataset=manifest_dataset(manifest))
     settings = {"spec": spec.model_dump(mode="json"), "sweep": sweep.model_dump()}
-    metric, mode = spec.search.metric, spec.search.mode
+    metric, mode = tune_metric(spec), spec.search.mode
     scheduler = make_scheduler(spec, max_total_steps(spec), grace)
     if hasattr(scheduler, "set_search_properties"):
         scheduler.set_search_properties(metric, mode)
@@ -416,10 +416,12 @@ def _trial_runs(client, experiment_id: str, sweep: str) -> dict[str, str]:
 def _reporter(spec: SweepSpec):
     from ray.tune import CLIReporter
 
+    from orchestrator.sweep.search import tune_metric
+
     cols = {"step": "step", "loss_unweighted": "mse", "fid1": "fid1", "fid2": "fid2", "fid1_best": "fid1*"}
     params = {k: k for k in list(spec.search.space)[:6]}
     return CLIReporter(metric_columns=cols, parameter_columns=params, max_report_frequency=30,
-                       sort_by_metric=True, metric=spec.search.metric, mode=spec.search.mode)
+                       sort_by_metric=True, metric=tune_metric(spec), mode=spec.search.mode)
 
 
 def trial_states(client, experiment_id: str, sweep: str) -> dict[str, str]:

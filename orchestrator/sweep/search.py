@@ -99,13 +99,20 @@ def make_sampler(spec: SweepSpec):
     return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup_trials(spec))
 
 
+def tune_metric(spec: SweepSpec) -> str:
+    """What Optuna and ASHA learn from: the trial's best score so far (`fid1_best`), the one its registered
+    checkpoint has and `afsweep best` ranks by, not its latest (a trial that got worse late would report a value no
+    checkpoint of it is kept for)."""
+    return f"{spec.search.metric}_best"
+
+
 def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None):
     """Optuna through OptunaSearch: TPE, or Optuna's random sampler for `algorithm: random` (same space rules)."""
     s = spec.search
     sampler = make_sampler(spec)
     optuna_search = PrunedAwareOptunaSearch(
         space=define_by_run(spec),
-        metric=s.metric,
+        metric=tune_metric(spec),
         mode=s.mode,
         sampler=sampler,
         study_name=study_name,
