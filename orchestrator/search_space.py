@@ -26,10 +26,8 @@ class _Dist(_Strict):
         return next(iter(self.extremes().values()))
 
 
-class Uniform(_Dist):
-    type: Literal["uniform"]
-    low: float
-    high: float
+class _Range(_Dist):
+    """A distribution over [low, high]: its bounds are its extremes. Subclasses give low and high their type."""
 
     @model_validator(mode="after")
     def _order(self):
@@ -37,11 +35,17 @@ class Uniform(_Dist):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         return self
 
-    def suggest(self, trial, key: str) -> float:
-        return trial.suggest_float(key, self.low, self.high)
-
     def extremes(self) -> dict[str, Any]:
         return {"low": self.low, "high": self.high}
+
+
+class Uniform(_Range):
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+    def suggest(self, trial, key: str) -> float:
+        return trial.suggest_float(key, self.low, self.high)
 
     def representative(self) -> float:
         return (self.low + self.high) / 2
@@ -63,24 +67,15 @@ class LogUniform(Uniform):
         return (self.low * self.high) ** 0.5
 
 
-class IntRange(_Dist):
+class IntRange(_Range):
     type: Literal["int"]
     low: int
     high: int
     step: int = 1
     log: bool = False
 
-    @model_validator(mode="after")
-    def _order(self):
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        return self
-
     def suggest(self, trial, key: str) -> int:
         return trial.suggest_int(key, self.low, self.high, step=self.step, log=self.log)
-
-    def extremes(self) -> dict[str, Any]:
-        return {"low": self.low, "high": self.high}
 
 
 class Choice(_Dist):

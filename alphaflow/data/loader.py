@@ -361,36 +361,33 @@ class _SlotStream(torch.utils.data.IterableDataset):
         counter = self.counts[local]
         segments = plan.segments(counter)
         upcoming = next(segments)
-        try:
-            yield from self._batches_read(reader, segments, upcoming, counter)
-        finally:
-            reader.close()
-
-    def _batches_read(self, reader: _Reader, segments, upcoming, counter: int):
         parts: list[tuple[_Run, np.ndarray]] = []
         have = skipped = 0
-        while True:
-            shard_index, lo, hi, idx = upcoming
-            upcoming = next(segments)
-            d = reader.run((shard_index, lo, hi))
-            # read the next run while this one is turned into batches (not before: the first run would then share
-            # the bandwidth with the second, and the first batch wait for both)
-            reader.prefetch(upcoming[:3])
-            pos = 0
-            while pos < len(idx):
-                take = idx[pos:pos + self.batch_size - have]
-                pos += len(take)
-                counter += len(take)
-                if d.decoded.corrupt:
-                    good = d.decoded.valid[take]
-                    skipped += int((~good).sum())
-                    take = take[good]
-                if len(take):
-                    parts.append((d, take))
-                    have += len(take)
-                if have == self.batch_size:
-                    yield parts, counter, skipped
-                    parts, have, skipped = [], 0, 0
+        try:
+            while True:
+                shard_index, lo, hi, idx = upcoming
+                upcoming = next(segments)
+                d = reader.run((shard_index, lo, hi))
+                # read the next run while this one is turned into batches (not before: the first run would then share
+                # the bandwidth with the second, and the first batch wait for both)
+                reader.prefetch(upcoming[:3])
+                pos = 0
+                while pos < len(idx):
+                    take = idx[pos:pos + self.batch_size - have]
+                    pos += len(take)
+                    counter += len(take)
+                    if d.decoded.corrupt:
+                        good = d.decoded.valid[take]
+                        skipped += int((~good).sum())
+                        take = take[good]
+                    if len(take):
+                        parts.append((d, take))
+                        have += len(take)
+                    if have == self.batch_size:
+                        yield parts, counter, skipped
+                        parts, have, skipped = [], 0, 0
+        finally:
+            reader.close()   # no fetch outlives the stream
 
     @staticmethod
     def _gather(x: torch.Tensor, parts) -> tuple[np.ndarray, np.ndarray]:

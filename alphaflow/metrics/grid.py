@@ -30,9 +30,14 @@ def make_grid(images_uint8, labels, per_class: int = 10, pad: int = 2, min_cell:
     return grid
 
 
-def sample_grid_png(images_uint8, labels, path: str | Path, per_class: int = 10) -> Path:
+def grid_image(images_uint8, labels, per_class: int = 10) -> Image.Image:
+    """The grid as a PIL image (grey for one channel)."""
     grid = make_grid(images_uint8, labels, per_class=per_class)
-    img = Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid)
+    return Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid)
+
+
+def sample_grid_png(images_uint8, labels, path: str | Path, per_class: int = 10) -> Path:
+    img = grid_image(images_uint8, labels, per_class)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)

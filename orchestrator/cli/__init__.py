@@ -197,8 +197,8 @@ def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_nam
     client, uri, exp = _open_experiment(tracking_uri, run_dir, experiment)
     if sweep is None:
         sweep = tracking.latest_sweep(client, exp.experiment_id)
-    elif sweep != "all":
-        _check_sweep(client, uri, exp, sweep)
+    elif sweep != "all" and tracking.find_sweep_run(client, exp.experiment_id, sweep) is None:
+        raise _no_sweep(client, uri, exp, sweep)
     rows = tracking.best_trials(client, exp.experiment_id, metric, None if sweep == "all" else sweep, top=top)
     if not rows:
         raise tracking.TrackingError(f"MLflow at {uri}: no trial of sweep '{sweep}' has logged {metric}_best")
@@ -246,8 +246,9 @@ def status(sweep_name, experiment, tracking_uri, as_json, run_dir):
 
     client, uri, exp = _open_experiment(tracking_uri, run_dir, experiment)
     sweep_name = sweep_name or tracking.latest_sweep(client, exp.experiment_id)
-    _check_sweep(client, uri, exp, sweep_name)
     rows = tracking.sweep_status(client, exp.experiment_id, sweep_name)
+    if rows is None:
+        raise _no_sweep(client, uri, exp, sweep_name)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -279,15 +280,15 @@ def _open_experiment(tracking_uri, run_dir, experiment):
     return client, uri, exp
 
 
-def _check_sweep(client, uri, exp, sweep) -> None:
+def _no_sweep(client, uri, exp, sweep):
+    """The one-line error for a sweep name the experiment does not hold, with the sweeps it does."""
     from orchestrator import tracking
     from orchestrator.sweep.places import hide_secret
 
-    if sweep is None or tracking.find_sweep_run(client, exp.experiment_id, sweep) is None:
-        known = tracking.sweep_names(client, exp.experiment_id)
-        raise tracking.NotFoundError(f"MLflow at {hide_secret(uri)}, experiment '{exp.name}': no sweep "
-                                     f"named '{sweep}'" + (f" (sweeps: {', '.join(known)})" if known else
-                                                           " (no sweep has run there)"))
+    known = tracking.sweep_names(client, exp.experiment_id)
+    return tracking.NotFoundError(f"MLflow at {hide_secret(uri)}, experiment '{exp.name}': no sweep named "
+                                  f"'{sweep}'" + (f" (sweeps: {', '.join(known)})" if known else
+                                                  " (no sweep has run there)"))
 
 
 def _fmt(v, digits: int = 3) -> str:

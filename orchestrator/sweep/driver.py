@@ -248,7 +248,8 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     run_tags = source_tags()
     for key, value in run_tags.items():
         client.set_tag(parent_run_id, key, value)
-    log_dataset_input(client, parent_run_id, manifest_dataset(manifest))
+    dataset = manifest_dataset(manifest)
+    log_dataset_input(client, parent_run_id, dataset)
     echo(f"afsweep: sweep {sweep_name}: {spec.search.num_trials} trials x {spec.train.workers} workers, "
          f"{cfg.total_steps} steps each, ASHA rungs from step {grace}")
     echo(f"afsweep: MLflow parent run {parent_run_id} in experiment '{spec.tracking.experiment}' at "
@@ -262,7 +263,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     sweep = SweepContext(sweep_name=sweep_name, parent_run_id=parent_run_id, experiment_id=experiment_id,
                          tracking_uri=tracking_uri, manifest=manifest_url, extractor=extractor,
                          train_storage=places.train_storage(sweep_name), run_tags=run_tags,
-                         dataset=manifest_dataset(manifest))
+                         dataset=dataset)
     settings = {"spec": spec.model_dump(mode="json"), "sweep": sweep.model_dump()}
     metric, mode = tune_metric(spec), spec.search.mode
     scheduler = make_scheduler(spec, max_total_steps(spec), grace)

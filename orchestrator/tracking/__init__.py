@@ -134,8 +134,8 @@ def client_for(uri: str, existing: bool = False) -> MlflowClient:
     """A client that has answered once: an unreachable server or a broken store is one TrackingError line.
     existing: the read-only commands' way in; a local store that is not there is a NotFoundError, and nothing is
     created (MLflow would otherwise create the file and its tables on first touch)."""
-    if existing and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        db = Path(uri[len("sqlite:///"):])
+    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if existing and db is not None and not db.is_file():
         where = "no run dir" if not db.parent.is_dir() else "no MLflow store"
         raise NotFoundError(f"{db.parent}: {where} there (no {db.name}; pass --run-dir DIR or --tracking-uri URI "
                             f"of an afsweep launch)")
@@ -282,9 +282,8 @@ def sweep_names(client: MlflowClient, experiment_id: str, most: int = 20) -> lis
 
 
 def latest_sweep(client: MlflowClient, experiment_id: str) -> str | None:
-    runs = client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"],
-                              max_results=1)
-    return runs[0].data.tags.get(SWEEP_TAG) if runs else None
+    newest = sweep_names(client, experiment_id, most=1)
+    return newest[0] if newest else None
 
 
 # trials whose best checkpoint may be registered: they ran as designed (to the end, or to an ASHA rung)

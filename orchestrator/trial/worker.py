@@ -38,6 +38,7 @@ class RunLogger:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.uri, self.run_id = tracking_uri, run_id
+        self._system = None   # MLflow's system-metrics monitor, once started
         history = {key: self._call("reading the cost so far", self.client.get_metric_history, run_id, key)
                    for key in COST_KEYS}
         # the cost earlier attempts (a restart, a resume) logged: the largest of each running total
@@ -90,7 +91,7 @@ class RunLogger:
             self._system = None
 
     def stop_system_metrics(self) -> None:
-        if getattr(self, "_system", None) is not None:
+        if self._system is not None:
             self._system.finish()
             self._system = None
 
@@ -198,13 +199,10 @@ class Evaluator:
     def sample_grid(self, result, step: int) -> None:
         """The 1- and 2-NFE grids as MLflow images with their step (`samples_nfe1`, `samples_nfe2`): the run's
         image view shows them on a step slider."""
-        from PIL import Image
-
-        from alphaflow.metrics.grid import make_grid
+        from alphaflow.metrics.grid import grid_image
 
         for nfe, images in sorted(result.images.items()):
-            grid = make_grid(images, result.labels, per_class=10)
-            self.log.image(Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid), f"samples_nfe{nfe}", step)
+            self.log.image(grid_image(images, result.labels), f"samples_nfe{nfe}", step)
 
     def checkpoint(self, position, improved: bool = False) -> str:
         """A checkpoint folder for Ray Train; the trial's best EMA weights also go to MLflow (what is registered)."""
