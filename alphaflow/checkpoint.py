@@ -58,7 +58,8 @@ def load_generator(path: str, ema: bool = True, half_life: float | None = None):
     state = load_state(path)
     cfg = config_from_dict(state["config"])
     shape = tuple(int(v) for v in state["image_shape"])
-    model = build_model(cfg.model, shape[0], shape[1:], int(state["num_classes"]))
+    model = build_model(cfg.model, shape[0], shape[1:], int(state["num_classes"]),
+                        guidance_conditioned=cfg.guidance.conditioned)
     weights = state["model"]
     if ema:
         key = repr(float(half_life if half_life is not None else state["ema_primary"]))

@@ -85,6 +85,8 @@ class TimeConfig(_Section):
 
 
 class LossConfig(_Section):
+    # the member: alpha-flow (trajectory FM / Shortcut / MeanFlow by alpha) or imf (Improved MeanFlow's v-loss)
+    objective: Literal["alpha-flow", "imf"] = "alpha-flow"
     adaptive_p: Float = 1.0
     adaptive_c: Float = 1e-3
     reduce: Literal["mean", "sum"] = "mean"   # over elements
@@ -102,6 +104,12 @@ class GuidanceConfig(_Section):
     t_min: Float = 0.0
     t_max: Float = 1.0
     label_dropout: Float = Field(0.1, ge=0.0, lt=1.0)
+    # guidance as a condition (loss.objective imf): the network takes (omega, t_min, t_max) and trains over
+    # omega ~ omega^-omega_power on [1, omega_max] and, with random_interval, t_min ~ U[0, .5], t_max ~ U[.5, 1]
+    conditioned: Bool = False
+    omega_max: Float = Field(8.0, ge=1.0)
+    omega_power: Float = Field(1.0, ge=0.0)
+    random_interval: Bool = True
 
 
 class OptimConfig(_Section):
@@ -122,6 +130,10 @@ class EMAConfig(_Section):
 class SamplingConfig(_Section):
     t_mid: Float = Field(0.5, gt=0.0, lt=1.0)
     two_nfe: Literal["ode", "consistency"] = "ode"
+    # for guidance-conditioned models: the scale and interval to sample with
+    guidance: Float = Field(1.0, ge=1.0)
+    guidance_t_min: Float = Field(0.0, ge=0.0, le=1.0)
+    guidance_t_max: Float = Field(1.0, ge=0.0, le=1.0)
 
 
 class TrainConfig(_Section):
@@ -129,7 +141,11 @@ class TrainConfig(_Section):
     seed: Int = 0
     total_steps: Int = Field(400, ge=1)
     batch_size: Int = Field(64, ge=1)   # global; each rank gets batch_size // world_size
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 autocast where the device multiplies bf16 natively (CUDA sm80+, CPUs with AMX), else fp32
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    # fast: fused CPU GELU, the alpha = 0 JVP as a tangent pass, fused Adam, one host sync per step
+    # (docs/internals.md#the-fast-step); reference: the eager path it is measured against, same numbers to 1e-5
+    kernels: Literal["fast", "reference"] = "fast"
     diagnostics_every: Int = Field(0, ge=0)
     model: ModelConfig = Field(default_factory=ModelConfig)
     alpha: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -140,6 +156,17 @@ class TrainConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     ema: EMAConfig = Field(default_factory=EMAConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @model_validator(mode="after")
+    def _members(self):
+        if self.loss.objective == "imf" and not (self.alpha.kind == "constant" and self.alpha.start == 0.0):
+            raise ValueError("loss.objective imf is a MeanFlow member: set alpha.kind: constant, alpha.start: 0")
+        if self.guidance.conditioned:
+            if self.loss.objective != "imf":
+                raise ValueError("guidance.conditioned needs loss.objective: imf")
+            if self.guidance.omega != 1.0 or self.guidance.kappa != 0.0:
+                raise ValueError("guidance.conditioned draws omega per row: leave guidance.omega 1 and kappa 0")
+        return self
 
     @model_validator(mode="before")
     @classmethod

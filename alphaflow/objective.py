@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn as nn
 
+from alphaflow import tangent
 from alphaflow.model import math_attention
 from alphaflow.timesteps import expected_one_minus_dt, sample_times
 from alphaflow.loss_weights import adaptive_weight, beta_weight, minsnr_weight, progress_s
@@ -78,12 +79,33 @@ def meanflow_dudt(model: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.T
         return torch.func.jvp(fn, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
 
 
+def meanflow_fast(model: nn.Module, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                  v_cfg: torch.Tensor, traj_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The alpha = 0 (u, target) through one primal pass of all rows with the tangent of the r < t rows carried
+    alongside (alphaflow.tangent): the rows are put r < t first, then back in order."""
+    dtype = z_t.dtype
+    n, b = traj_idx.numel(), z_t.shape[0]
+    fm = torch.ones(b, dtype=torch.bool, device=z_t.device)
+    fm[traj_idx] = False
+    order = torch.cat([traj_idx, fm.nonzero().squeeze(1)])
+    inverse = torch.argsort(order)
+    ones = torch.ones(n, dtype=t.dtype, device=t.device)
+    u_o, dudt = tangent.dit_jvp(model, z_t[order], r[order], t[order], y[order], v_cfg[traj_idx],
+                                torch.zeros_like(ones), ones)
+    target = v_cfg.clone()
+    target[traj_idx] = v_cfg[traj_idx] - _rows(t[traj_idx] - r[traj_idx], z_t) * dudt.to(dtype)
+    return u_o.to(dtype)[inverse], target.detach()
+
+
 def predict_and_target(model: nn.Module, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                        v_cfg: torch.Tensor, traj_idx: torch.Tensor, alpha: float, clip: float,
-                       clip_alpha1: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(u with graph, detached target) for the whole batch; traj_idx: the rows with r < t."""
+                       clip_alpha1: bool = True, fast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u with graph, detached target) for the whole batch; traj_idx: the rows with r < t.
+    fast: the alpha = 0 JVP through alphaflow.tangent where the model is a DiT (else torch.func.jvp)."""
     dtype = z_t.dtype
     dt = t - r
+    if alpha == 0.0 and fast and traj_idx.numel() and tangent.supports(model):
+        return meanflow_fast(model, z_t, r, t, y, v_cfg, traj_idx)
     if alpha == 0.0:
         # every row goes through exactly one pass with grad: the JVP pass (whose primal output is the
         # prediction) on the r < t rows, a plain pass on the r = t rows, whose du/dt would be multiplied by
@@ -149,12 +171,15 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
     z_t = (1 - _rows(t, x)) * x + _rows(t, x) * eps
     v = eps - x
     v_cfg = guided_velocity(model, z_t, t, v, y, num_classes, cfg.guidance, keep)
+    if cfg.loss.objective == "imf":
+        return _imf_loss(model, z_t, r, t, y, v, v_cfg, fm_mask, keep, cfg, num_classes, generator, eps,
+                         return_parts)
     dt = t - r
     traj = ~fm_mask
     traj_idx = traj.nonzero().squeeze(1)
 
     u, target = predict_and_target(model, z_t, r, t, y, v_cfg, traj_idx, alpha, float(cfg.loss.clip),
-                                   bool(cfg.loss.clip_alpha1))
+                                   bool(cfg.loss.clip_alpha1), fast=cfg.kernels == "fast")
 
     per_row = _per_row((u - target) ** 2, cfg.loss.reduce)
     n = torch.ones(b, dtype=dtype, device=dev)
@@ -163,31 +188,31 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
     w = adaptive_weight(per_row, n, cfg.loss.adaptive_p, cfg.loss.adaptive_c)
     if cfg.loss.minsnr_gamma > 0 and fm_mask.any():
         w = torch.where(fm_mask, w * minsnr_weight(t, cfg.loss.minsnr_gamma), w)
-    beta_mean = 1.0
+    beta_mean = torch.ones((), dtype=dtype)
     if cfg.loss.beta and traj.any():
         lam = 1.0 / expected_one_minus_dt(cfg.time)
         beta = beta_weight(dt, progress_s(progress, cfg.loss.beta_k), lam)
         w = torch.where(traj, w * beta, w)
-        beta_mean = float(beta[traj].mean())
+        beta_mean = beta[traj].mean()
     loss = (w.detach() * per_row).mean()
 
     # the paper's decomposition |u - u_tgt|^2 = L_TFM + L_TCc + const, logged without backprop
     l_tfm = _per_row((u - v_cfg) ** 2, cfg.loss.reduce).mean()
     l_tcc = _per_row(2 * (v_cfg - target) * u, cfg.loss.reduce).mean()
-    logs = {
-        "loss": float(loss.detach()),
-        "loss_unweighted": float(per_row.detach().mean()),
-        "alpha": alpha,
-        "ratio_fm": float(fm_mask.float().mean()),
-        "cfg_scale": cfg_scale(cfg.guidance),
+    n_fm = int(fm_mask.sum()) if times is not None else int(round(ratio_fm * b))   # no sync for sampled masks
+    tensors = {
+        "loss": loss.detach(),
+        "loss_unweighted": per_row.detach().mean(),
         "beta_mean": beta_mean,
-        "l_tfm": float(l_tfm.detach()),
-        "l_tcc": float(l_tcc.detach()),
+        "l_tfm": l_tfm.detach(),
+        "l_tcc": l_tcc.detach(),
     }
-    if fm_mask.any():
-        logs["loss_fm"] = float(per_row[fm_mask].detach().mean())
-    if traj.any():
-        logs["loss_traj"] = float(per_row[traj].detach().mean())
+    if n_fm:
+        tensors["loss_fm"] = per_row[fm_mask].detach().mean()
+    if n_fm < b:
+        tensors["loss_traj"] = per_row[traj].detach().mean()
+    logs = dict(zip(tensors, torch.stack([v.double() for v in tensors.values()]).tolist()))   # one host sync
+    logs.update(alpha=alpha, ratio_fm=n_fm / b, cfg_scale=cfg_scale(cfg.guidance))
     if grad_diagnostics:
         cos = gradient_cosine(model, l_tfm, l_tcc)
         if math.isfinite(cos):   # undefined while L_TCc has no gradient (alpha = 1)
@@ -196,6 +221,32 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
         parts = dict(t=t, r=r, fm_mask=fm_mask, y=y, eps=eps, z_t=z_t, v=v, v_cfg=v_cfg, u=u.detach(),
                      target=target, weight=w.detach())
         return loss, logs, parts
+    return loss, logs
+
+
+def _imf_loss(model, z_t, r, t, y, v, v_cfg, fm_mask, keep, cfg, num_classes, generator, eps, return_parts):
+    """The Improved MeanFlow member (alphaflow/imf.py): loss on V_theta against v_g, with its logs."""
+    from alphaflow.imf import imf_predict_and_target, imf_row_losses
+
+    parts = imf_predict_and_target(model, z_t, r, t, y, v, v_cfg, fm_mask, keep, cfg, num_classes, generator,
+                                   fast=cfg.kernels == "fast")
+    per_row, w = imf_row_losses(parts, cfg, _per_row)
+    loss = (w.detach() * per_row).mean()
+    b = z_t.shape[0]
+    n_fm = int(fm_mask.sum())
+    tensors = {"loss": loss.detach(), "loss_unweighted": per_row.detach().mean()}
+    if n_fm:
+        tensors["loss_fm"] = per_row[fm_mask].detach().mean()
+    if n_fm < b:
+        tensors["loss_traj"] = per_row[~fm_mask].detach().mean()
+    if parts["omega_eff"] is not None:
+        tensors["omega_mean"] = parts["omega_eff"].mean()
+    logs = dict(zip(tensors, torch.stack([v_.double() for v_ in tensors.values()]).tolist()))
+    logs.update(alpha=0.0, ratio_fm=n_fm / b, cfg_scale=cfg_scale(cfg.guidance))
+    if return_parts:
+        out = dict(t=t, r=r, fm_mask=fm_mask, y=y, eps=eps, z_t=z_t, v=v, v_cfg=v_cfg, weight=w.detach(),
+                   **{k: (val.detach() if isinstance(val, torch.Tensor) else val) for k, val in parts.items()})
+        return loss, logs, out
     return loss, logs
 
 

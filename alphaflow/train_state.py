@@ -12,6 +12,7 @@ generator seeded by (seed, k, i): distinct per rank, and a resumed run repeats t
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any
 
@@ -34,6 +35,33 @@ class NonFiniteLossError(RuntimeError):
     """'non-finite loss at step N: ...', raised before the optimizer touches the weights."""
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 natively: CUDA with bf16 support, or a CPU with AMX tiles (Linux
+    /proc/cpuinfo flag amx_bf16). Elsewhere bf16 autocast is emulated and slower than fp32."""
+    return _native_bf16(torch.device(device).type)
+
+
+@functools.lru_cache(maxsize=None)
+def _native_bf16(kind: str) -> bool:
+    if kind == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if kind != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+def sampling_guidance(cfg, batch: int, device) -> torch.Tensor | None:
+    """g (B, 3) = (omega, t_min, t_max) of cfg.sampling for a guidance-conditioned model, else None."""
+    if not cfg.guidance.conditioned:
+        return None
+    s = cfg.sampling
+    return torch.tensor([[s.guidance, s.guidance_t_min, s.guidance_t_max]], device=device).expand(batch, 3)
+
+
 def _step_seed(seed: int, rank: int, step: int) -> int:
     return ((seed * 1_000_003 + rank) * 1_000_000_007 + step) % (2 ** 63 - 1)
 
@@ -49,7 +77,8 @@ class TrainState:
         self.world_size = dist.get_world_size() if self.distributed else 1
         with torch.random.fork_rng(devices=[]):   # initial weights from cfg.seed, caller's RNG untouched
             torch.manual_seed(cfg.seed)
-            self.model = build_model(cfg.model, self.image_shape[0], self.image_shape[1:], self.num_classes)
+            self.model = build_model(cfg.model, self.image_shape[0], self.image_shape[1:], self.num_classes,
+                                     fast=cfg.kernels == "fast", guidance_conditioned=cfg.guidance.conditioned)
         self.model.to(self.device)
         if self.distributed:
             with torch.no_grad():
@@ -57,8 +86,9 @@ class TrainState:
                     dist.broadcast(p.data, src=0)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
+        # fused: one kernel over all parameters (CPU and CUDA) instead of a loop of small ops per tensor
         self.optimizer = torch.optim.Adam(self.params, lr=o.lr, betas=(o.beta1, o.beta2),
-                                          weight_decay=o.weight_decay)
+                                          weight_decay=o.weight_decay, fused=cfg.kernels == "fast")
         self.ema = EMA(self.model, [cfg.ema.half_life, *cfg.ema.extra_half_lives], ramp=cfg.ema.ramp)
         self.step = 0
 
@@ -68,8 +98,15 @@ class TrainState:
         warm = self.cfg.optim.warmup_steps
         return self.cfg.optim.lr * (min(1.0, (step + 1) / warm) if warm > 0 else 1.0)
 
+    @property
+    def precision(self) -> str:
+        """fp32 or bf16: cfg.precision with auto resolved for this device."""
+        if self.cfg.precision != "auto":
+            return self.cfg.precision
+        return "bf16" if native_bf16(self.device) else "fp32"
+
     def _autocast(self):
-        if self.cfg.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -87,13 +124,14 @@ class TrainState:
                                          num_classes=self.num_classes, generator=gen,
                                          progress=step / cfg.total_steps, grad_diagnostics=diag)
         self.optimizer.zero_grad(set_to_none=False)
-        if torch.isfinite(loss):
-            loss.backward()
-        loss_value = self._average_gradients(loss.detach().float())
+        loss.backward()   # a non-finite loss gives non-finite gradients, caught below before the update
+        loss_avg = self._average_gradients(loss.detach().float())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+        # the step's one host sync: the update must not run on a non-finite loss or gradient
+        loss_value, grad_norm = torch.stack([loss_avg, grad_norm.float()]).tolist()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"non-finite loss at step {step}: loss={loss_value} (alpha={alpha:.4g}, "
                                      f"ratio_fm={ratio_fm:.3g}, lr={self.lr_at(step):.3g})")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip))
         if not math.isfinite(grad_norm):
             raise NonFiniteLossError(f"non-finite loss at step {step}: gradient norm {grad_norm} "
                                      f"(loss={loss_value:.4g}, alpha={alpha:.4g})")
@@ -106,13 +144,13 @@ class TrainState:
         logs.update(loss=loss_value, alpha=alpha, ratio_fm=ratio_fm, lr=lr, grad_norm=grad_norm)
         return logs
 
-    def _average_gradients(self, loss: torch.Tensor) -> float:
-        """All-reduce mean of the gradients and the loss in one flat buffer; returns the mean loss."""
+    def _average_gradients(self, loss: torch.Tensor) -> torch.Tensor:
+        """All-reduce mean of the gradients and the loss in one flat buffer; returns the mean loss (a tensor)."""
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         if not self.distributed:
-            return float(loss)
+            return loss
         flat = torch.cat([p.grad.flatten() for p in self.params] + [loss.view(1).to(self.params[0].dtype)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.world_size
@@ -121,21 +159,23 @@ class TrainState:
             n = p.numel()
             p.grad.copy_(flat[offset:offset + n].view_as(p))
             offset += n
-        return float(flat[-1])
+        return flat[-1]
 
     # --- inference ------------------------------------------------------------------------------------------
 
     def sample(self, noise: torch.Tensor, y: torch.Tensor, nfe: int = 1, ema: bool = True,
                half_life: float | None = None) -> torch.Tensor:
-        """Generated latents (normalised space) from `noise` (B, C, H, W) and labels y, on the EMA weights."""
+        """Generated latents (normalised space) from `noise` (B, C, H, W) and labels y, on the EMA weights;
+        a guidance-conditioned model samples at cfg.sampling's guidance scale and interval."""
         s = self.cfg.sampling
+        g = sampling_guidance(self.cfg, noise.shape[0], self.device)
         gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
         self.model.eval()
         ctx = self.ema.swapped(self.model, half_life) if ema else contextlib.nullcontext()
         try:
             with ctx, torch.no_grad():
                 out = sample_fn(self.model, noise.to(self.device, torch.float32), y, nfe=nfe, two_nfe=s.two_nfe,
-                                t_mid=s.t_mid, generator=gen)
+                                t_mid=s.t_mid, generator=gen, g=g)
         finally:
             self.model.train()
         return out.float().cpu()
@@ -147,7 +187,8 @@ class TrainState:
         ctx = self.ema.swapped(self.model, half_life) if ema else contextlib.nullcontext()
         try:
             with ctx, torch.no_grad():
-                out = sample_n_step(self.model, noise.to(self.device, torch.float32), y, steps)
+                out = sample_n_step(self.model, noise.to(self.device, torch.float32), y, steps,
+                                    g=sampling_guidance(self.cfg, noise.shape[0], self.device))
         finally:
             self.model.train()
         return out.float().cpu()

@@ -112,7 +112,7 @@ def test_non_finite_loss_raises_before_the_weights_change():
 
 def test_presets():
     assert set(PRESETS) == {"tiny-cpu", "alphaflow-B2", "alphaflow-B2-cfg", "alphaflow-XL2-cfg", "meanflow-B2",
-                            "meanflow-XL2", "improved-meanflow-B4"}
+                            "meanflow-XL2", "meanflow-minsnr-beta-B4", "imf-B2"}
     xl = get_preset("alphaflow-XL2-cfg")
     assert xl.total_steps == 1_200_000 and xl.alpha.k_s * xl.total_steps == 600_000
     assert round(xl.alpha.k_e * xl.total_steps) == 1_000_000
@@ -123,7 +123,7 @@ def test_presets():
             assert (c.batch_size, c.optim.lr, c.optim.warmup_steps, c.ema.half_life, c.precision) == \
                 (256, 1e-4, 10_000, 6931.0, "bf16")
     assert get_preset("meanflow-B2").alpha.kind == "constant" and get_preset("meanflow-B2").alpha.start == 0.0
-    imf = get_preset("improved-meanflow-B4")
+    imf = get_preset("meanflow-minsnr-beta-B4")
     assert imf.model.patch_size == 4 and imf.loss.beta and imf.loss.minsnr_gamma > 0
     tiny = get_preset("tiny-cpu")
     assert tiny.model.size == "tiny" and tiny.guidance.omega == 1.0 and tiny.guidance.kappa == 0.0

@@ -1,0 +1,94 @@
+"""Fused CPU kernels for the step's hot elementwise ops (docs/internals.md#the-fast-step).
+
+ATen's tanh-approximated GELU costs ~4.5x its exact GELU on CPU (1.1 ms vs 0.24 ms for 1568 x 384 floats, one
+thread, measured here) and was 16% of the tiny DiT's step. The same function written as x * sigmoid(2u),
+u = sqrt(2/pi) (x + 0.044715 x^3) (since (1 + tanh u) / 2 = sigmoid(2u)), compiled by Inductor into one loop, and its
+derivative into another, take the forward+backward from 2.2 ms to ~1.0 ms. Agreement with ATen: within 1e-6
+absolute in fp32 (tests/test_method_fast_step.py).
+
+Compiling a kernel costs a few seconds once per process (Inductor's cache makes later processes faster); where
+torch.compile is unavailable (no C++ compiler) the same formulas run eagerly, which is slower but equal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_K = math.sqrt(2.0 / math.pi)
+_A = 0.044715
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x * (2.0 * _K + (2.0 * _K * _A) * x * x))
+
+
+def _gelu_grad(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """g * GELU'(x): with s = sigmoid(2u), d/dx [x s] = s + 2 x s (1 - s) u'(x), u' = K (1 + 3 A x^2)."""
+    s = torch.sigmoid(x * (2.0 * _K + (2.0 * _K * _A) * x * x))
+    return g * (s + x * s * (1.0 - s) * (2.0 * _K + (6.0 * _K * _A) * x * x))
+
+
+_kernels: dict[str, object] = {}
+
+
+def _kernel(name: str, fn):
+    """fn compiled once per process and dtype (on flat contiguous tensors, so that shapes and strides never cause
+    a recompilation), or fn itself where compilation fails."""
+    if name not in _kernels:
+        try:
+            compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+            with torch.no_grad():
+                probe = torch.linspace(-3, 3, 7)
+                compiled(*([probe] * fn.__code__.co_argcount))
+            _kernels[name] = compiled
+        except Exception as e:   # no compiler, unsupported platform: the eager formula is the same function
+            _fall_back(name, fn, e)
+    return _kernels[name]
+
+
+def _fall_back(name: str, fn, e: Exception) -> None:
+    log.warning("fast_ops: torch.compile of %s unavailable (%s); using eager ops", name,
+                str(e).splitlines()[0] if str(e) else type(e).__name__)
+    _kernels[name] = fn
+
+
+def _flat_call(name: str, fn, *tensors: torch.Tensor) -> torch.Tensor:
+    shape = tensors[0].shape
+    flat = [a.reshape(-1) for a in tensors]
+    try:
+        out = _kernel(name, fn)(*flat)
+    except Exception as e:   # a dtype or platform the compiled kernel cannot take
+        _fall_back(name, fn, e)
+        out = fn(*flat)
+    return out.view(shape)
+
+
+class _GeluTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return _flat_call("gelu", _gelu, x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return _flat_call("gelu_grad", _gelu_grad, x, g.to(x.dtype))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU(x, approximate='tanh') through the fused kernels (differentiable once; not by forward-mode AD)."""
+    if torch.compiler.is_compiling():
+        return torch.nn.functional.gelu(x, approximate="tanh")
+    return _GeluTanh.apply(x)
+
+
+def gelu_tanh_tangent(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """GELU'(x) dx (tanh approximation): the tangent of GELU at x along dx, the same kernel as its gradient."""
+    if x.device.type != "cpu":
+        return _gelu_grad(x, dx)
+    return _flat_call("gelu_grad", _gelu_grad, x, dx.to(x.dtype))
