@@ -43,8 +43,7 @@ def _kernel(name: str, fn):
         try:
             compiled = torch.compile(fn, dynamic=True, fullgraph=True)
             with torch.no_grad():
-                probe = torch.linspace(-3, 3, 7)
-                compiled(*([probe] * fn.__code__.co_argcount))
+                compiled(*(torch.linspace(-3, 3, 7) for _ in range(fn.__code__.co_argcount)))
             _kernels[name] = compiled
         except Exception as e:   # no compiler, unsupported platform: the eager formula is the same function
             _fall_back(name, fn, e)
@@ -58,13 +57,16 @@ def _fall_back(name: str, fn, e: Exception) -> None:
 
 
 def _flat_call(name: str, fn, *tensors: torch.Tensor) -> torch.Tensor:
+    # detached, flat and outside autocast: the compiled kernels then see one graph per dtype (Dynamo guards on
+    # requires_grad, rank, autocast state and aliasing would otherwise recompile them)
     shape = tensors[0].shape
-    flat = [a.reshape(-1) for a in tensors]
-    try:
-        out = _kernel(name, fn)(*flat)
-    except Exception as e:   # a dtype or platform the compiled kernel cannot take
-        _fall_back(name, fn, e)
-        out = fn(*flat)
+    flat = [a.detach().reshape(-1) for a in tensors]
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        try:
+            out = _kernel(name, fn)(*flat)
+        except Exception as e:   # a dtype or platform the compiled kernel cannot take
+            _fall_back(name, fn, e)
+            out = fn(*flat)
     return out.view(shape)
 
 

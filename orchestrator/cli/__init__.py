@@ -338,6 +338,9 @@ def _add_optional_commands() -> None:
     except ImportError:
         return
     main.add_command(eval_command, name="eval")
+    from orchestrator.cli.sample_sweep import sample_sweep
+
+    main.add_command(sample_sweep)
 
 
 _add_optional_commands()

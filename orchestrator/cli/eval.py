@@ -161,15 +161,19 @@ def evaluate_run(client, run_id: str, extractor_id: str | None, n: int, nfes: tu
     ref, ref_path = reference_for(extractor, dataset_id, reference, client, run_id, run_dir, reference_n, echo)
 
     decode = LatentDecoder(data.get("codec", "identity"), data["mean"], data["std"])
-    sampling = info["config"].get("sampling", {})
-    two_nfe, t_mid = sampling.get("two_nfe", "ode"), float(sampling.get("t_mid", 0.5))
+    from alphaflow.config import config_from_dict
+    from alphaflow.train_state import sampling_guidance
+
+    cfg = config_from_dict(info["config"])
+    two_nfe, t_mid = cfg.sampling.two_nfe, cfg.sampling.t_mid
     shape, classes = tuple(info["image_shape"]), info["num_classes"]
 
     def sampler(nfe: int):
         def fn(noise, labels):
             # as TrainState.sample: the consistency sampler's fresh noise restarts from one seed in every batch
             gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
-            return sample(model, noise, labels, nfe=nfe, two_nfe=two_nfe, t_mid=t_mid, generator=gen)
+            return sample(model, noise, labels, nfe=nfe, two_nfe=two_nfe, t_mid=t_mid, generator=gen,
+                          g=sampling_guidance(cfg, noise.shape[0], noise.device))
         return fn
 
     metrics, images, timings = {}, {}, {}

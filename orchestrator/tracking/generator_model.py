@@ -34,25 +34,35 @@ def global_tracking_uri(uri: str):
         mlflow.set_tracking_uri(previous)
 
 
-def log_generator_model(tracking_uri: str, run_id: str, checkpoint_path: str, name: str) -> str:
+def log_generator_model(tracking_uri: str, run_id: str, checkpoint_path: str, name: str,
+                        sampling: dict | None = None) -> str:
     """Log the pyfunc into an existing run (the trial's child run); returns its model URI (MLflow 3 keeps logged
-    models apart from the run's artifacts: `models:/m-...`, not `runs:/<run>/<name>`)."""
+    models apart from the run's artifacts: `models:/m-...`, not `runs:/<run>/<name>`). `sampling`: settings the
+    model samples with by default (a sampling sweep's best: guidance, t_mid, two_nfe, half_life), packaged as
+    sampling.json."""
     with global_tracking_uri(tracking_uri):
-        return _log(run_id, checkpoint_path, name)
+        return _log(run_id, checkpoint_path, name, sampling)
 
 
-def _log(run_id: str, checkpoint_path: str, name: str) -> str:
+def _log(run_id: str, checkpoint_path: str, name: str, sampling: dict | None = None) -> str:
     client = mlflow.MlflowClient()
     before = client.get_run(run_id).info  # logging reopens the run: its status and end time are put back after
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns in the example
         code = Path(tmp) / "alphaflow"
         shutil.copytree(Path(alphaflow.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
+        artifacts = {"checkpoint": checkpoint_path}
+        if sampling:
+            import json
+
+            settings = Path(tmp) / "sampling.json"
+            settings.write_text(json.dumps(sampling))
+            artifacts["sampling"] = str(settings)
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(MODEL_CODE),   # models-from-code: no cloudpickled object
             code_paths=[str(code)],
-            artifacts={"checkpoint": checkpoint_path},
+            artifacts=artifacts,
             # the signature comes from predict's type hints; params must be in it, or pyfunc ignores them
             input_example=([{"class_label": 0}], {"nfe": 1, "seed": 0}),
             pip_requirements=MODEL_REQUIREMENTS,

@@ -22,16 +22,25 @@ class GenerateRequest(pydantic.BaseModel):
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
+        import json
+
         from alphaflow.checkpoint import load_generator
+        from alphaflow.config import apply_overrides, config_from_dict
         from alphaflow.evaluation import LatentDecoder
 
-        self.model, self.info = load_generator(context.artifacts["checkpoint"], ema=True)
+        # a sampling sweep's best settings, when this version was registered with them (sampling.json)
+        chosen = {}
+        if "sampling" in context.artifacts:
+            with open(context.artifacts["sampling"]) as f:
+                chosen = json.load(f)
+        self.model, self.info = load_generator(context.artifacts["checkpoint"], ema=True,
+                                               half_life=chosen.get("half_life"))
         self.model.eval()
         data = self.info["extra"]["data"]
         self.decode = LatentDecoder(data["codec"], data["mean"], data["std"])
-        sampling = self.info["config"].get("sampling", {})
-        self.t_mid = float(sampling.get("t_mid", 0.5))
-        self.two_nfe = sampling.get("two_nfe", "ode")
+        over = {f"sampling.{k}": v for k, v in chosen.items() if k not in ("half_life", "probe_steps")}
+        self.cfg = apply_overrides(config_from_dict(self.info["config"]), over)
+        self.settings = {"t_mid": self.cfg.sampling.t_mid, "two_nfe": self.cfg.sampling.two_nfe, **chosen}
         self.num_classes = int(self.info["num_classes"])
 
     def predict(self, context, model_input: list[GenerateRequest], params: dict[str, Any] | None = None):
@@ -40,6 +49,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         import torch
 
         from alphaflow.sampling import sample
+        from alphaflow.train_state import sampling_guidance
 
         params = params or {}
         nfe, seed = int(params.get("nfe", 1)), int(params.get("seed", 0))
@@ -53,8 +63,9 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn((len(labels), *self.info["image_shape"]), generator=g)
         with torch.no_grad():
-            z = sample(self.model, noise, torch.from_numpy(labels), nfe=nfe, two_nfe=self.two_nfe, t_mid=self.t_mid,
-                       generator=g)
+            s = self.cfg.sampling
+            z = sample(self.model, noise, torch.from_numpy(labels), nfe=nfe, two_nfe=s.two_nfe, t_mid=s.t_mid,
+                       generator=g, g=sampling_guidance(self.cfg, len(labels), noise.device))
         return self.decode(z)
 
 
