@@ -339,17 +339,22 @@ def sampling_sweep(client, tracking_uri: str, target: str, knobs: list[Knob], *,
         echo("  " + label + "  " + "  ".join(f"{k} {v:.2f}" for k, v in p.metrics.items()))
 
     score = lambda s: score_point(gen, s, extractor, ref, n, nfes, eval_seed, batch_size)  # noqa: E731
-    remote = None
+    remote, started_ray = None, False
     if ray_address:
         import ray
 
         if not ray.is_initialized():
             ray.init(address=None if ray_address == "local" else ray_address, include_dashboard=False,
                      log_to_driver=False)
+            started_ray = True
         task = ray.remote(num_cpus=1)(_ray_score)
         remote = lambda batch_: ray.get([task.remote(path, s, extractor.id, ref_path, n, nfes, eval_seed,  # noqa
                                                      batch_size) for s in batch_])
-    done = run_points(ask, score, remote, log_point)
+    try:
+        done = run_points(ask, score, remote, log_point)
+    finally:
+        if started_ray:  # a connection we opened is ours to close (a caller's stays open)
+            ray.shutdown()
     finite = [p for p in done if math.isfinite(p.metrics.get(metric, math.nan))]
     if not finite:
         raise SamplingSweepError(f"no point gave a finite {metric}")

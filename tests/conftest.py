@@ -22,3 +22,16 @@ def _keep_mlflow_uri():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_left_connected():
+    """A test that connects this process to Ray (an in-process launch, sample-sweep --ray local) must not leave it
+    connected: a later `ray stop --force` would kill that cluster's raylet, and a Ray driver whose raylet dies exits
+    the whole process (pytest with it, before its summary: CI saw only dots and exit code 1)."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
