@@ -209,7 +209,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     from ray import tune
 
     from alphaflow.data import read_manifest
-    from orchestrator.sweep.search import make_scheduler, make_searcher, tune_metric
+    from orchestrator.sweep.search import make_scheduler, make_searcher
     from orchestrator.trial.trainable import (SETTINGS_KEY, DriverHeartbeat, MlflowTrialCloser, run_trial,
                                               trial_dirname)
 
@@ -265,10 +265,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
                          train_storage=places.train_storage(sweep_name), run_tags=run_tags,
                          dataset=dataset)
     settings = {"spec": spec.model_dump(mode="json"), "sweep": sweep.model_dump()}
-    metric, mode = tune_metric(spec), spec.search.mode
     scheduler = make_scheduler(spec, max_total_steps(spec), grace)
-    if hasattr(scheduler, "set_search_properties"):
-        scheduler.set_search_properties(metric, mode)
     storage_fs, storage_path = storage_filesystem(places.storage)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": 1}),

@@ -10,6 +10,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from orchestrator.objectives import told_key
 from orchestrator.search_space import Fixed
 from orchestrator.spec import SweepSpec
 
@@ -103,7 +104,7 @@ def tune_metric(spec: SweepSpec) -> str:
     """What Optuna and ASHA learn from: the trial's best score so far (`fid1_best`), the one its registered
     checkpoint has and `afsweep best` ranks by, not its latest (a trial that got worse late would report a value no
     checkpoint of it is kept for)."""
-    return f"{spec.search.metric}_best"
+    return told_key(spec.search.metric)
 
 
 def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None):
@@ -123,12 +124,15 @@ def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None):
 
 
 def make_scheduler(spec: SweepSpec, total_steps: int, grace_period: int):
+    """ASHA on the same value the searcher is told (`tune_metric`), or no early stopping."""
     es = spec.search.early_stopping
     if es.scheduler == "none":
         return FIFOScheduler()
-    return ASHAScheduler(
+    scheduler = ASHAScheduler(
         time_attr="step",
         max_t=total_steps,
         grace_period=grace_period,
         reduction_factor=es.reduction_factor,
     )
+    scheduler.set_search_properties(tune_metric(spec), spec.search.mode)
+    return scheduler
