@@ -38,3 +38,30 @@ def update_best(best: dict, scores: dict[str, float], step: int) -> bool:
             best[name], best[f"{name}_step"] = scores[name], step
         scores[f"{name}_best"], scores[f"{name}_best_step"] = best[name], best[f"{name}_step"]
     return improved
+
+
+def search_objectives(search) -> dict[str, str]:
+    """metric -> mode of what Optuna optimises: a spec's `search.objectives`, else its one `search.metric`."""
+    return dict(search.objectives) or {search.metric: search.mode}
+
+
+def format_objectives(objectives: dict[str, str]) -> str:
+    """`fid1:min,wall_s:min`: how a sweep's objectives are recorded on its parent run (param `objectives`)."""
+    return ",".join(f"{m}:{mode}" for m, mode in objectives.items())
+
+
+def parse_objectives(text: str, where: str = "--objectives") -> dict[str, str]:
+    """`fid1,wall_s` or `fid1:min,wall_s:max` (min when not said) -> {metric: mode}; a bad one is one ValueError
+    line naming it."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        name, _, mode = part.partition(":")
+        mode = mode or "min"
+        if name not in SCORES + COSTS:
+            raise ValueError(f"{where}: unknown objective {name!r} (one of {', '.join(SCORES + COSTS)})")
+        if mode not in ("min", "max"):
+            raise ValueError(f"{where}: {part!r}: the mode is min or max")
+        out[name] = mode
+    if len(out) < 2:
+        raise ValueError(f"{where}: {text!r}: a Pareto front needs two or more objectives")
+    return out

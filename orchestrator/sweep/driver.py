@@ -13,6 +13,7 @@ import yaml
 
 from alphaflow.errors import first_line
 from orchestrator import tracking
+from orchestrator.objectives import format_objectives, search_objectives
 from orchestrator.tracking.provenance import log_dataset_input, manifest_dataset, source_tags
 from orchestrator.spec import PRESET_KEY, SweepSpec
 from orchestrator.sweep.places import (SPEC_COPY, check_optuna_storage, check_storage, credentials_out_of_ray_env,
@@ -47,6 +48,8 @@ class SweepOutcome:
     untrained_fid1: float | None = None
     registered: dict[str, str] = field(default_factory=dict)
     promotions: list[tracking.Promotion] = field(default_factory=list)
+    objectives: dict[str, str] = field(default_factory=dict)   # a multi-objective sweep's, else empty
+    pareto: list = field(default_factory=list)                # its front (sweep.pareto.Point), numbered
     dashboard_url: str | None = None
     wall_s: float = 0.0
 
@@ -242,7 +245,8 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
                 "workers_per_trial": spec.train.workers, "total_steps": cfg.total_steps, "grace_period": grace,
                 "manifest": manifest_url, "dataset": manifest.dataset_id, "registered_model": model_name,
                 "swept": ",".join(spec.search.space), "storage": places.storage,
-                "optuna_storage": hide_secret(places.optuna_url)},
+                "optuna_storage": hide_secret(places.optuna_url),
+                "objectives": format_objectives(search_objectives(spec.search))},
     )
     client.log_text(parent_run_id, spec_text, "spec_source.yaml")
     run_tags = source_tags()
@@ -250,8 +254,10 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         client.set_tag(parent_run_id, key, value)
     dataset = manifest_dataset(manifest)
     log_dataset_input(client, parent_run_id, dataset)
+    stopping = (f"ASHA rungs from step {grace}" if not spec.search.objectives else
+                f"objectives {format_objectives(spec.search.objectives)}, every trial to its end (no ASHA)")
     echo(f"afsweep: sweep {sweep_name}: {spec.search.num_trials} trials x {spec.train.workers} workers, "
-         f"{cfg.total_steps} steps each, ASHA rungs from step {grace}")
+         f"{cfg.total_steps} steps each, {stopping}")
     echo(f"afsweep: MLflow parent run {parent_run_id} in experiment '{spec.tracking.experiment}' at "
          f"{hide_secret(tracking_uri)}")
     echo(f"afsweep: sweep state and checkpoints in {places.sweep_dir(sweep_name)}, Optuna study in "
@@ -469,6 +475,11 @@ def _finish(client, spec: SweepSpec, sweep_name: str, parent_run_id: str, tracki
             outcome.untrained_fid1 = start[0]
             summary["untrained_fid1"] = start[0]
         client.set_tag(parent_run_id, "afsweep.best_run_id", outcome.best.run_id)
+    if spec.search.objectives:
+        from orchestrator.sweep.pareto import log_front
+
+        outcome.objectives = dict(spec.search.objectives)
+        outcome.pareto = log_front(client, parent_run_id, experiment_id, sweep_name, outcome.objectives)
     cost = _sum_trial_metric(client, experiment_id, sweep_name, ("cpu_s", "gpu_s", "wall_s"))
     summary.update({f"trials_total_{k}": v for k, v in cost.items()})
     for k, v in summary.items():
