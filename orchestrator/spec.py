@@ -115,6 +115,9 @@ class SearchSpec(_Strict):
     # a multi-objective search: {fid1: min, fid2: min} or {fid1: min, wall_s: min}, in order (the first is the
     # primary one); `metric` still names the single best trial the sweep registers
     objectives: dict[ObjectiveName, Mode] = Field(default_factory=dict)
+    # an earlier sweep of the experiment (its name, or `latest`) whose trials seed this sweep's Optuna study
+    warm_start: str | None = Field(None, min_length=1)
+    warm_start_top: int = Field(1, ge=0, description="the warm start's best configurations run first")
 
     @field_validator("objectives")
     @classmethod

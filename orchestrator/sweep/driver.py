@@ -213,6 +213,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
 
     from alphaflow.data import read_manifest
     from orchestrator.sweep.search import make_scheduler, make_searcher
+    from orchestrator.sweep.warm_start import read_warm_start
     from orchestrator.trial.trainable import (SETTINGS_KEY, DriverHeartbeat, MlflowTrialCloser, run_trial,
                                               trial_dirname)
 
@@ -229,6 +230,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     manifest = read_manifest(manifest_url)
     if not manifest.fid_reference:
         raise SweepError(f"{manifest_url}: no FID reference statistics recorded (re-run afsweep data prepare)")
+    warm = read_warm_start(client, spec, tracking_uri)  # before Ray and this sweep's run: `latest` is the last one
     dashboard_url = start_ray(spec, address, echo)
     if address or spec.ray.address:
         refuse_local_parts_on_a_cluster(places, manifest_url, spec.ray.shared_filesystem)
@@ -246,7 +248,8 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
                 "manifest": manifest_url, "dataset": manifest.dataset_id, "registered_model": model_name,
                 "swept": ",".join(spec.search.space), "storage": places.storage,
                 "optuna_storage": hide_secret(places.optuna_url),
-                "objectives": format_objectives(search_objectives(spec.search))},
+                "objectives": format_objectives(search_objectives(spec.search)),
+                **({"warm_start": warm.sweep, "warm_start_trials": len(warm.history)} if warm else {})},
     )
     client.log_text(parent_run_id, spec_text, "spec_source.yaml")
     run_tags = source_tags()
@@ -262,6 +265,8 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
          f"{hide_secret(tracking_uri)}")
     echo(f"afsweep: sweep state and checkpoints in {places.sweep_dir(sweep_name)}, Optuna study in "
          f"{hide_secret(places.optuna_url)}")
+    if warm:
+        echo(warm.line())
     echo(ui_line(tracking_uri, experiment_id))
     if dashboard_url:
         echo(dashboard_line(dashboard_url))
@@ -277,8 +282,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         tune.with_resources(run_trial, {"cpu": 1}),
         param_space={SETTINGS_KEY: settings},
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec, study_name=sweep_name,
-                                     storage_url=places.optuna_url),
+            search_alg=make_searcher(spec, study_name=sweep_name, storage_url=places.optuna_url, warm=warm),
             scheduler=scheduler,
             num_samples=spec.search.num_trials,
             max_concurrent_trials=spec.search.max_concurrent,
