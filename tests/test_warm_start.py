@@ -81,6 +81,7 @@ def test_a_warm_started_search_runs_the_earlier_best_first_with_its_history(stor
     study = optuna.load_study(study_name="new-1", storage=storage)
     done = [t for t in study.trials if t.state.is_finished()]
     assert len(done) == 4 and len(study.trials) == 7          # the history, then the three asked
+    assert [t.number for t in done] == [0, 1, 2, 3]            # numbered first, in the order they ran
     assert sorted(t.value for t in done if t.state.name == "COMPLETE") == [40.0, 45.0, 50.0]
     t1 = next(t for t in done if t.value == 50.0)
     assert t1.params == {"optim.lr": 0.002, "alpha.k_e": 0.4, "loss.beta": True, "loss.beta_k": 1.5}

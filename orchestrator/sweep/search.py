@@ -130,10 +130,14 @@ def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None, war
         sampler=make_sampler(spec),
         study_name=study_name,
         storage=optuna.storages.RDBStorage(storage_url) if storage_url else None,
-        points_to_evaluate=points or None,
+        points_to_evaluate=(points or None) if warm is None else None,
     )
-    if warm and warm.history:
-        optuna_search._ot_study.add_trials(warm.history)  # the study exists once OptunaSearch has a space
+    if warm is not None:
+        # the study exists once OptunaSearch has a space: the history first (trials 0..n-1, as it happened), then
+        # the points to run first, enqueued as OptunaSearch would have
+        optuna_search._ot_study.add_trials(warm.history)
+        for point in points:
+            optuna_search._ot_study.enqueue_trial(point)
     return ConcurrencyLimiter(optuna_search, max_concurrent=s.max_concurrent)
 
 
