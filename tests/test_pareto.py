@@ -41,6 +41,12 @@ def test_objectives_in_the_spec_and_on_the_command_line():
                         "early_stopping.scheduler: asha compares one metric")):
         with pytest.raises(SpecError, match=where):
             parse_spec({"name": "m", "search": bad}, "m.yaml")
+    from orchestrator.sweep.preview import plan_trials
+
+    plan = plan_trials(parse_spec({"name": "m", "search": {
+        "num_trials": 3, "objectives": {"fid1": "min", "fid2": "min"},
+        "space": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}}))
+    assert len(plan.trials) == 3 and plan.rungs == []        # preview plans it with the same sampler, no rungs
     assert parse_objectives("fid1,wall_s:max") == {"fid1": "min", "wall_s": "max"}
     with pytest.raises(ValueError, match="unknown objective 'loss'"):
         parse_objectives("fid1,loss")
