@@ -68,6 +68,10 @@ def _sweep_runs(client, prefix: str):
     return parent, children
 
 
+def _study(run_dir: Path, parent):
+    return optuna.load_study(study_name=parent.data.tags["afsweep.sweep"], storage=f"sqlite:///{run_dir / 'optuna.db'}")
+
+
 def _point(run) -> tuple[float, float]:
     return run.data.metrics["fid1_best"], run.data.metrics["wall_s"]
 
@@ -108,7 +112,7 @@ def test_optuna_learned_both_objectives_of_every_trial(sweep):
     proc, run_dir = sweep
     assert proc.returncode == 0, proc.stderr[-3000:]
     parent, children = _sweep_runs(_client(run_dir), "mo")
-    study = optuna.load_study(study_name=parent.data.tags["afsweep.sweep"], storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    study = _study(run_dir, parent)
     assert len(study.directions) == 2
     told = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(told) == 3
@@ -145,6 +149,6 @@ def test_a_warm_started_sweep_runs_the_earlier_best_first(sweep):
     assert parent.data.params["warm_start"] == name and parent.data.params["warm_start_trials"] == "3"
     for key in ("optim.lr", "alpha.k_e"):      # the first (here the only) trial is the earlier best
         assert child.data.params[key] == best.data.params[key]
-    study = optuna.load_study(study_name=parent.data.tags["afsweep.sweep"], storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    study = _study(run_dir, parent)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4     # the history of 3, then the new trial
     assert study.trials[-1].value == pytest.approx(child.data.metrics["fid1_best"])
