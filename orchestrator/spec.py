@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
+from orchestrator.objectives import SCORES, Mode, ObjectiveName
 from orchestrator.search_space import Choice, Distribution, Fixed
 
 
@@ -110,6 +112,34 @@ class SearchSpec(_Strict):
                                 "sqlite:///<run_dir>/optuna.db, postgresql://USER@HOST/DB for a lab")
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    # a multi-objective search: {fid1: min, fid2: min} or {fid1: min, wall_s: min}, in order (the first is the
+    # primary one); `metric` still names the single best trial the sweep registers
+    objectives: dict[ObjectiveName, Mode] = Field(default_factory=dict)
+    # an earlier sweep of the experiment (its name, or `latest`) whose trials seed this sweep's Optuna study
+    warm_start: str | None = Field(None, min_length=1)
+    warm_start_top: int = Field(1, ge=0, description="the warm start's best configurations run first")
+
+    @field_validator("objectives")
+    @classmethod
+    def _two_or_more(cls, objectives: dict) -> dict:
+        names = list(objectives)
+        if names and len(names) < 2:
+            raise ValueError(f"name two or more (one objective is search.metric), got {names}")
+        if names and not set(names) & set(SCORES):
+            raise ValueError(f"{names} has no image-quality score; add fid1 or fid2")
+        return objectives
+
+    @model_validator(mode="after")
+    def _no_asha_when_multi_objective(self):
+        # ASHA ranks trials on one number: it would stop a trial that is good on another objective
+        if not self.objectives:
+            return self
+        es = self.early_stopping
+        if "scheduler" in es.model_fields_set and es.scheduler == "asha":
+            raise ValueError("early_stopping.scheduler: asha compares one metric; a multi-objective search "
+                             "(objectives) runs every trial to its end: set it to none")
+        es.scheduler = "none"
+        return self
 
 
 class TrackingSpec(_Strict):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import _param_value, main
+from orchestrator.cli import main
+from orchestrator.tracking import param_value as _param_value
 from orchestrator.spec import apply_sets, parse_spec, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from alphaflow.errors import InputError
 from orchestrator.spec import SpecError, load_spec
 from orchestrator.tracking.provenance import ARGV_META
 
@@ -169,6 +170,11 @@ def _print_outcome(outcome) -> None:
             else:
                 click.echo(f"registered: {p.uri}; @{p.alias} kept: {p.reason} (move it yourself: afsweep best "
                            f"--sweep {outcome.sweep_name} --metric {p.alias.split('-', 1)[1]} --register {p.alias})")
+    if outcome.objectives:
+        click.echo(f"Pareto front on {', '.join(outcome.objectives)}: {len(outcome.pareto)} trials "
+                   f"(pareto.png on the parent run; afsweep best --sweep {outcome.sweep_name} --pareto)")
+        for p in outcome.pareto:
+            click.echo(f"  #{p.pick} {p.run_name}: " + ", ".join(f"{k} = {v:.3f}" for k, v in p.values.items()))
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}")
     if outcome.completed == 0:
         click.echo(f"afsweep: error: sweep {outcome.sweep_name}: no trial completed ({outcome.failed} failed); "
@@ -189,16 +195,25 @@ def _print_outcome(outcome) -> None:
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or the run dir's.")
 @click.option("--register", "alias", default=None, help="Point this registry alias at the best trial's model.")
 @click.option("--model-name", default=None, help="Registered model name for --register (default afsweep-<dataset>).")
+@click.option("--pareto", is_flag=True, help="The non-dominated trials on the sweep's objectives (search.objectives).")
+@click.option("--objectives", default=None, metavar="M[:MODE],M[:MODE]",
+              help="With --pareto: these objectives instead of the sweep's, e.g. fid1,wall_s.")
+@click.option("--pick", type=int, default=None, help="With --pareto --register: the front point (#N) to alias.")
 @RUN_DIR_OPTION
-def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_name, run_dir):
-    """Print the best trial(s) by METRIC, read from MLflow."""
+def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_name, pareto, objectives, pick,
+         run_dir):
+    """Print the best trial(s) by METRIC, or with --pareto the non-dominated trials, read from MLflow."""
     from orchestrator import tracking
 
+    if not pareto and (objectives or pick is not None):
+        raise BadArgument(f"{'--objectives' if objectives else '--pick'} goes with --pareto")
     client, uri, exp = _open_experiment(tracking_uri, run_dir, experiment)
     if sweep is None:
         sweep = tracking.latest_sweep(client, exp.experiment_id)
     elif sweep != "all" and tracking.find_sweep_run(client, exp.experiment_id, sweep) is None:
         raise _no_sweep(client, uri, exp, sweep)
+    if pareto:
+        return _best_pareto(client, uri, exp, sweep, objectives, alias, pick, model_name, as_json)
     rows = tracking.best_trials(client, exp.experiment_id, metric, None if sweep == "all" else sweep, top=top)
     if not rows:
         raise tracking.TrackingError(f"MLflow at {uri}: no trial of sweep '{sweep}' has logged {metric}_best")
@@ -215,6 +230,65 @@ def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_nam
         for k in _swept(r):
             click.echo(f"   {k} = {r.params.get(k)}")
         click.echo(f"   model: {r.model_uri or '(not registered)'}")
+
+
+class BadArgument(ValueError, InputError):
+    """A command-line argument that cannot be used (exit 2, one line)."""
+
+
+def _sweep_objectives(client, exp, sweep: str, given: str | None) -> dict[str, str]:
+    """--objectives, else the ones the sweep searched (its parent run's `objectives` param)."""
+    from orchestrator.objectives import parse_objectives
+    from orchestrator import tracking
+
+    if given:
+        try:
+            return parse_objectives(given)
+        except ValueError as e:
+            raise BadArgument(str(e)) from None
+    if sweep == "all":
+        raise BadArgument("--pareto --sweep all: name the objectives with --objectives (sweeps may differ)")
+    parent = client.get_run(tracking.find_sweep_run(client, exp.experiment_id, sweep))
+    recorded = parent.data.params.get("objectives", "")
+    if "," not in recorded:
+        raise BadArgument(f"sweep '{sweep}' searched one objective ({recorded.split(':')[0] or 'fid1'}): --pareto "
+                          f"needs search.objectives in its spec, or --objectives fid1,wall_s")
+    return parse_objectives(recorded, f"sweep '{sweep}'")
+
+
+def _best_pareto(client, uri, exp, sweep, objectives, alias, pick, model_name, as_json) -> None:
+    from orchestrator import tracking
+    from orchestrator.sweep.pareto import point_dict, sweep_points
+
+    if sweep is None:
+        raise tracking.NotFoundError(f"MLflow at {uri}: no sweep has run in experiment '{exp.name}'")
+    chosen = _sweep_objectives(client, exp, sweep, objectives)
+    points, front = sweep_points(client, exp.experiment_id, None if sweep == "all" else sweep, chosen)
+    if not front:
+        raise tracking.TrackingError(f"MLflow at {uri}: no trained trial of sweep '{sweep}' has logged "
+                                     f"{', '.join(chosen)}")
+    if alias:
+        if pick is None and len(front) > 1:
+            raise BadArgument(f"--register with --pareto: choose a point with --pick N (1..{len(front)})")
+        if not 1 <= (pick or 1) <= len(front):
+            raise BadArgument(f"--pick {pick}: the front has points 1..{len(front)}")
+        p = front[(pick or 1) - 1]
+        name = model_name or _registered_model_of(client, p.run_id)
+        p.model_uri = tracking.register_generator(client, uri, p.run_id, name, [alias])
+    elif pick is not None:
+        raise BadArgument("--pick chooses the point to --register")
+    if as_json:
+        click.echo(json.dumps([point_dict(p) for p in front], indent=2))
+        return
+    click.echo(f"sweep {sweep}: Pareto front on {', '.join(f'{m} ({mode})' for m, mode in chosen.items())}: "
+               f"{len(front)} of {len(points)} trials")
+    for p in front:
+        values = "  ".join(f"{k} = {v:.4f}" for k, v in point_dict(p)["objectives"].items())
+        click.echo(f"#{p.pick} trial {p.run_name}  run {p.run_id}")
+        click.echo(f"   {values}")
+        for k, v in point_dict(p)["params"].items():
+            click.echo(f"   {k} = {v}")
+        click.echo(f"   model: {p.model_uri or '(not registered)'}")
 
 
 @main.command()
@@ -299,21 +373,11 @@ def _swept(r) -> list[str]:
     return [k for k in r.params.get("swept", "").split(",") if k]
 
 
-def _param_value(text: str | None):
-    """An MLflow param (always a string) as the value it was: numbers as numbers, the rest as text."""
-    if text is None:
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"True": True, "False": False}.get(text, text)
-
-
 def _best_dict(r) -> dict:
+    from orchestrator.tracking import param_value
+
     return {"run_id": r.run_id, "run_name": r.run_name, "sweep": r.sweep, "metric": r.metric, "value": r.value,
-            "step": r.step, "params": {k: _param_value(r.params.get(k)) for k in _swept(r)},
+            "step": r.step, "params": {k: param_value(r.params.get(k)) for k in _swept(r)},
             "model_uri": r.model_uri}
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from alphaflow.errors import first_line
 from orchestrator import tracking
+from orchestrator.objectives import format_objectives, search_objectives
 from orchestrator.tracking.provenance import log_dataset_input, manifest_dataset, source_tags
 from orchestrator.spec import PRESET_KEY, SweepSpec
 from orchestrator.sweep.places import (SPEC_COPY, check_optuna_storage, check_storage, credentials_out_of_ray_env,
@@ -47,6 +48,8 @@ class SweepOutcome:
     untrained_fid1: float | None = None
     registered: dict[str, str] = field(default_factory=dict)
     promotions: list[tracking.Promotion] = field(default_factory=list)
+    objectives: dict[str, str] = field(default_factory=dict)   # a multi-objective sweep's, else empty
+    pareto: list = field(default_factory=list)                # its front (sweep.pareto.Point), numbered
     dashboard_url: str | None = None
     wall_s: float = 0.0
 
@@ -209,7 +212,8 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     from ray import tune
 
     from alphaflow.data import read_manifest
-    from orchestrator.sweep.search import make_scheduler, make_searcher, tune_metric
+    from orchestrator.sweep.search import make_scheduler, make_searcher
+    from orchestrator.sweep.warm_start import read_warm_start
     from orchestrator.trial.trainable import (SETTINGS_KEY, DriverHeartbeat, MlflowTrialCloser, run_trial,
                                               trial_dirname)
 
@@ -226,6 +230,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     manifest = read_manifest(manifest_url)
     if not manifest.fid_reference:
         raise SweepError(f"{manifest_url}: no FID reference statistics recorded (re-run afsweep data prepare)")
+    warm = read_warm_start(client, spec, tracking_uri)  # before Ray and this sweep's run: `latest` is the last one
     dashboard_url = start_ray(spec, address, echo)
     if address or spec.ray.address:
         refuse_local_parts_on_a_cluster(places, manifest_url, spec.ray.shared_filesystem)
@@ -242,7 +247,9 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
                 "workers_per_trial": spec.train.workers, "total_steps": cfg.total_steps, "grace_period": grace,
                 "manifest": manifest_url, "dataset": manifest.dataset_id, "registered_model": model_name,
                 "swept": ",".join(spec.search.space), "storage": places.storage,
-                "optuna_storage": hide_secret(places.optuna_url)},
+                "optuna_storage": hide_secret(places.optuna_url),
+                "objectives": format_objectives(search_objectives(spec.search)),
+                **({"warm_start": warm.sweep, "warm_start_trials": len(warm.history)} if warm else {})},
     )
     client.log_text(parent_run_id, spec_text, "spec_source.yaml")
     run_tags = source_tags()
@@ -250,12 +257,16 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         client.set_tag(parent_run_id, key, value)
     dataset = manifest_dataset(manifest)
     log_dataset_input(client, parent_run_id, dataset)
+    stopping = (f"ASHA rungs from step {grace}" if not spec.search.objectives else
+                f"objectives {format_objectives(spec.search.objectives)}, every trial to its end (no ASHA)")
     echo(f"afsweep: sweep {sweep_name}: {spec.search.num_trials} trials x {spec.train.workers} workers, "
-         f"{cfg.total_steps} steps each, ASHA rungs from step {grace}")
+         f"{cfg.total_steps} steps each, {stopping}")
     echo(f"afsweep: MLflow parent run {parent_run_id} in experiment '{spec.tracking.experiment}' at "
          f"{hide_secret(tracking_uri)}")
     echo(f"afsweep: sweep state and checkpoints in {places.sweep_dir(sweep_name)}, Optuna study in "
          f"{hide_secret(places.optuna_url)}")
+    if warm:
+        echo(warm.line())
     echo(ui_line(tracking_uri, experiment_id))
     if dashboard_url:
         echo(dashboard_line(dashboard_url))
@@ -265,17 +276,13 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
                          train_storage=places.train_storage(sweep_name), run_tags=run_tags,
                          dataset=dataset)
     settings = {"spec": spec.model_dump(mode="json"), "sweep": sweep.model_dump()}
-    metric, mode = tune_metric(spec), spec.search.mode
     scheduler = make_scheduler(spec, max_total_steps(spec), grace)
-    if hasattr(scheduler, "set_search_properties"):
-        scheduler.set_search_properties(metric, mode)
     storage_fs, storage_path = storage_filesystem(places.storage)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": 1}),
         param_space={SETTINGS_KEY: settings},
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec, study_name=sweep_name,
-                                     storage_url=places.optuna_url),
+            search_alg=make_searcher(spec, study_name=sweep_name, storage_url=places.optuna_url, warm=warm),
             scheduler=scheduler,
             num_samples=spec.search.num_trials,
             max_concurrent_trials=spec.search.max_concurrent,
@@ -472,6 +479,11 @@ def _finish(client, spec: SweepSpec, sweep_name: str, parent_run_id: str, tracki
             outcome.untrained_fid1 = start[0]
             summary["untrained_fid1"] = start[0]
         client.set_tag(parent_run_id, "afsweep.best_run_id", outcome.best.run_id)
+    if spec.search.objectives:
+        from orchestrator.sweep.pareto import log_front
+
+        outcome.objectives = dict(spec.search.objectives)
+        outcome.pareto = log_front(client, parent_run_id, experiment_id, sweep_name, outcome.objectives)
     cost = _sum_trial_metric(client, experiment_id, sweep_name, ("cpu_s", "gpu_s", "wall_s"))
     summary.update({f"trials_total_{k}": v for k, v in cost.items()})
     for k, v in summary.items():

@@ -29,13 +29,16 @@ class Plan:
 def plan_trials(spec: SweepSpec, n: int | None = None) -> Plan:
     import optuna
 
+    from orchestrator.objectives import search_objectives
     from orchestrator.sweep.search import define_by_run, make_sampler
     from orchestrator.sweep.driver import grace_period, max_total_steps
     from orchestrator.trial.config import method_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = n or spec.search.num_trials
-    study = optuna.create_study(sampler=make_sampler(spec), direction="minimize" if spec.search.mode == "min" else "maximize")
+    modes = search_objectives(spec.search).values()
+    study = optuna.create_study(sampler=make_sampler(spec),
+                                directions=["minimize" if m == "min" else "maximize" for m in modes])
     for point in spec.search.points_to_evaluate:
         study.enqueue_trial(point)
     define = define_by_run(spec)

@@ -10,6 +10,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from orchestrator.objectives import search_objectives, told_key
 from orchestrator.search_space import Fixed
 from orchestrator.spec import SweepSpec
 
@@ -103,32 +104,53 @@ def tune_metric(spec: SweepSpec) -> str:
     """What Optuna and ASHA learn from: the trial's best score so far (`fid1_best`), the one its registered
     checkpoint has and `afsweep best` ranks by, not its latest (a trial that got worse late would report a value no
     checkpoint of it is kept for)."""
-    return f"{spec.search.metric}_best"
+    return told_key(spec.search.metric)
 
 
-def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None):
-    """Optuna through OptunaSearch: TPE, or Optuna's random sampler for `algorithm: random` (same space rules)."""
+def searcher_objective(spec: SweepSpec) -> tuple[str | list[str], str | list[str]]:
+    """OptunaSearch's metric and mode: one told key, or (multi-objective, `search.objectives`) a list of them and
+    their modes, in the spec's order."""
+    objectives = search_objectives(spec.search)
+    if len(objectives) == 1:
+        return tune_metric(spec), spec.search.mode
+    return [told_key(m) for m in objectives], list(objectives.values())
+
+
+def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None, warm=None):
+    """Optuna through OptunaSearch: TPE (multi-objective TPE when the spec names several objectives), or Optuna's
+    random sampler for `algorithm: random` (same space rules). `warm` (sweep.warm_start.WarmStart): an earlier
+    sweep's trials copied into the study first, and its best configurations tried first."""
     s = spec.search
-    sampler = make_sampler(spec)
+    metric, mode = searcher_objective(spec)
+    points = list(s.points_to_evaluate) + (warm.points if warm else [])
     optuna_search = PrunedAwareOptunaSearch(
         space=define_by_run(spec),
-        metric=tune_metric(spec),
-        mode=s.mode,
-        sampler=sampler,
+        metric=metric,
+        mode=mode,
+        sampler=make_sampler(spec),
         study_name=study_name,
         storage=optuna.storages.RDBStorage(storage_url) if storage_url else None,
-        points_to_evaluate=s.points_to_evaluate or None,
+        points_to_evaluate=(points or None) if warm is None else None,
     )
+    if warm is not None:
+        # the study exists once OptunaSearch has a space: the history first (trials 0..n-1, as it happened), then
+        # the points to run first, enqueued as OptunaSearch would have
+        optuna_search._ot_study.add_trials(warm.history)
+        for point in points:
+            optuna_search._ot_study.enqueue_trial(point)
     return ConcurrencyLimiter(optuna_search, max_concurrent=s.max_concurrent)
 
 
 def make_scheduler(spec: SweepSpec, total_steps: int, grace_period: int):
+    """ASHA on the same value the searcher is told (`tune_metric`), or no early stopping."""
     es = spec.search.early_stopping
     if es.scheduler == "none":
         return FIFOScheduler()
-    return ASHAScheduler(
+    scheduler = ASHAScheduler(
         time_attr="step",
         max_t=total_steps,
         grace_period=grace_period,
         reduction_factor=es.reduction_factor,
     )
+    scheduler.set_search_properties(tune_metric(spec), spec.search.mode)
+    return scheduler

@@ -187,6 +187,18 @@ def flat_params(params: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def param_value(text: str | None):
+    """An MLflow param (always a string) as the value it was: numbers as numbers, the rest as text."""
+    if text is None:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
+
 def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str, spec_yaml: str,
                     params: dict[str, Any]) -> str:
     run = client.create_run(experiment_id, run_name=sweep_name, tags={KIND_TAG: "sweep", SWEEP_TAG: sweep_name})
@@ -294,7 +306,7 @@ EXTRACTOR_PARAM = "eval.extractor"
 EVAL_N_PARAM = "eval.samples"
 
 
-def _is_candidate(run, metric: str, finished_only: bool) -> bool:
+def is_candidate(run, metric: str, finished_only: bool) -> bool:
     """A run that may be called a best trial: not failed or lost, (with finished_only) ended as designed, with a
     finite score from a trained model (a best at step 0 is the untrained network's score)."""
     import math
@@ -319,7 +331,7 @@ def best_trials(client: MlflowClient, experiment_id: str, metric: str, sweep: st
     runs = client.search_runs([experiment_id], filt, order_by=[f"metrics.`{summary}` {order}"], max_results=10_000)
     out = []
     for r in runs:
-        if not _is_candidate(r, metric, finished_only):
+        if not is_candidate(r, metric, finished_only):
             continue
         step = r.data.metrics.get(f"{summary}_step", r.data.metrics.get(f"{metric}_best_step"))
         out.append(BestTrial(

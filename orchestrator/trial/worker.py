@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from alphaflow.errors import first_line
+from orchestrator.objectives import new_best, update_best
 
 _logger = logging.getLogger("afsweep.worker")
 CHECKPOINT_FILE = "model.pt"
@@ -155,7 +156,7 @@ class Evaluator:
         # this node's own copy (an S3 manifest's statistics are cached locally by read_manifest on each node)
         self.reference = ReferenceStats.load(manifest.fid_reference)
         self.decode = LatentDecoder.of(manifest)
-        self.best = {"fid1": math.inf, "fid2": math.inf, "fid1_step": 0, "fid2_step": 0}
+        self.best = new_best()  # what the search learns from (orchestrator/objectives.py)
         self.data_info = {"mean": list(map(float, manifest.mean)), "std": list(map(float, manifest.std)),
                           "codec": manifest.codec, "dataset_id": manifest.dataset_id,
                           "class_names": list(manifest.class_names or [])}
@@ -186,16 +187,6 @@ class Evaluator:
             m[f"fid_v{n}"] = self._score(lambda z, y: train_state.sample_velocity(z, y, steps=n))
         return m, result
 
-    def update_best(self, m: dict[str, float], step: int) -> bool:
-        improved = m["fid1"] < self.best["fid1"]
-        if improved:
-            self.best["fid1"], self.best["fid1_step"] = m["fid1"], step
-        if m["fid2"] < self.best["fid2"]:
-            self.best["fid2"], self.best["fid2_step"] = m["fid2"], step
-        m.update(fid1_best=self.best["fid1"], fid2_best=self.best["fid2"], fid1_best_step=self.best["fid1_step"],
-                 fid2_best_step=self.best["fid2_step"])
-        return improved
-
     def sample_grid(self, result, step: int) -> None:
         """The 1- and 2-NFE grids as MLflow images with their step (`samples_nfe1`, `samples_nfe2`): the run's
         image view shows them on a step slider."""
@@ -215,7 +206,7 @@ class Evaluator:
 
     def evaluate(self, step: int, cost: dict[str, float], means: dict[str, float], position) -> tuple[dict, str]:
         m, result = self.scores()
-        improved = self.update_best(m, step)
+        improved = update_best(self.best, m, step)
         # one log per step: the training means of this interval with the scores and the cost
         self.log.metrics({**means, **m, "step": step, **cost}, step)
         m.update(step=step, **cost)

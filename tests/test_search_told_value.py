@@ -1,0 +1,94 @@
+"""Which value the search learns from: a trial that got worse late is told (Optuna) and compared (ASHA) by its best
+score so far, the one `afsweep best` and the registry pick it by. Real Ray Tune, real Optuna (sqlite study), the
+sweep's own searcher and scheduler; the trials are toy function trainables that report as the worker does."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from orchestrator.objectives import new_best, told_key, update_best
+from orchestrator.spec import parse_spec
+
+# each trial's fid1 at steps 10, 20, 30 (fid2 the same): the first is best at step 10 and then diverges
+CURVES = {0.001: [10.0, 100.0, 120.0], 0.002: [30.0, 50.0, 60.0]}
+
+SPEC = {
+    "name": "told",
+    "base": {"overrides": {"total_steps": 30}},
+    "search": {
+        "num_trials": 2, "max_concurrent": 1, "seed": 0,
+        "space": {"optim.lr": {"type": "choice", "values": [0.001, 0.002]}},
+        "points_to_evaluate": [{"optim.lr": 0.001}, {"optim.lr": 0.002}],
+        # one rung, at step 20: the diverged first trial sits there with fid1 100 but fid1_best 10
+        "early_stopping": {"scheduler": "asha", "grace_period": 20, "reduction_factor": 2},
+    },
+}
+
+
+def toy_trial(config):
+    """Reports like the worker's evaluations: the scores, their running best (objectives.update_best), the step."""
+    from ray import tune
+
+    best = new_best()
+    for i, fid in enumerate(CURVES[config["optim.lr"]], 1):
+        scores = {"fid1": fid, "fid2": fid}
+        update_best(best, scores, 10 * i)
+        tune.report({**scores, "step": 10 * i, "total_steps": 30, "wall_s": float(i)})
+
+
+def test_update_best_keeps_the_running_best():
+    best, seen = new_best(), []
+    for step, fid in zip((10, 20, 30), CURVES[0.001]):
+        scores = {"fid1": fid, "fid2": fid + 1}
+        improved = update_best(best, scores, step)
+        seen.append((improved, scores["fid1_best"], scores["fid1_best_step"], scores["fid2_best"]))
+    assert seen == [(True, 10.0, 10, 11.0), (False, 10.0, 10, 11.0), (False, 10.0, 10, 11.0)]
+    assert told_key("fid1") == "fid1_best" and told_key("wall_s") == "wall_s"
+    assert math.isinf(new_best()["fid2"])
+
+
+@pytest.fixture
+def local_ray():
+    import ray
+
+    from orchestrator.sweep.ray_adapter import keep_local_cluster_on_loopback
+
+    assert not ray.is_initialized()
+    keep_local_cluster_on_loopback()
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_a_trial_that_diverged_late_is_told_and_compared_by_its_best(tmp_path, local_ray):
+    from ray import tune
+
+    from orchestrator.sweep.driver import grace_period, max_total_steps
+    from orchestrator.sweep.search import make_scheduler, make_searcher
+
+    spec = parse_spec(SPEC)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tuner = tune.Tuner(
+        toy_trial,
+        tune_config=tune.TuneConfig(search_alg=make_searcher(spec, "told", storage),
+                                    scheduler=make_scheduler(spec, max_total_steps(spec), grace_period(spec)),
+                                    num_samples=2, max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="told", verbose=0),
+    )
+    grid = tuner.fit()
+    assert not grid.errors
+    study = optuna.load_study(study_name="told", storage=storage)
+    told = {t.params["optim.lr"]: (t.state.name, t.value if t.state.name == "COMPLETE" else None,
+                                   set(t.intermediate_values.values())) for t in study.trials}
+    # the diverged trial is told 10 (its best, at step 10), not 120 (its last); with the last value it would be 120
+    assert told[0.001] == ("COMPLETE", 10.0, {10.0}), told
+    # ASHA compared the second trial's best (30) with the first's best (10) at step 20 and stopped it; compared by
+    # last values (50 against 100) it would have run to the end. What Optuna holds of it is its best so far too.
+    assert told[0.002] == ("PRUNED", None, {30.0}), told
+    steps = sorted(r.metrics["step"] for r in grid)
+    assert steps == [20, 30], steps
