@@ -10,6 +10,7 @@ else the same as fast fp32). Each ratio is against `reference` of the same stage
 plain forward+backward (no objective), alpha = 1, alpha = 0.5 (one extra no-grad pass on the r < t rows), alpha = 0
 (the MeanFlow JVP). ratio_fm 0.5, no CFG, Fashion-MNIST shape 1x28x28 patch 4. CPU seconds (process time) per step;
 all variants run round-robin so that load from other processes hits them alike; each keeps its fastest round.
+`--clock wall` times wall seconds instead (at 2 threads process time also counts OpenMP's spin-waits).
 
 Also printed: the share of training time the grad_cos diagnostics (two extra gradient passes) cost at the
 tiny-cpu preset's cadence (every 50 steps).
@@ -55,7 +56,8 @@ def _plain(tr: TrainState, x, y):
     return step
 
 
-def bench_cpu(size: str, batch: int, steps: int, rounds: int) -> dict[tuple[str, str], float]:
+def bench_cpu(size: str, batch: int, steps: int, rounds: int,
+              clock=time.process_time) -> dict[tuple[str, str], float]:
     shape = (1, 28, 28)
     x = torch.randn(batch, *shape)
     y = torch.randint(0, 10, (batch,))
@@ -71,10 +73,10 @@ def bench_cpu(size: str, batch: int, steps: int, rounds: int) -> dict[tuple[str,
     best = {key: float("inf") for key in fns}
     for _ in range(rounds):
         for key, fn in fns.items():
-            t0 = time.process_time()
+            t0 = clock()
             for _ in range(steps):
                 fn()
-            best[key] = min(best[key], (time.process_time() - t0) / steps)
+            best[key] = min(best[key], (clock() - t0) / steps)
     return best
 
 
@@ -138,6 +140,9 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (CPU)")
     ap.add_argument("--steps", type=int, default=4, help="steps per variant per round")
     ap.add_argument("--rounds", type=int, default=4)
+    # cpu: process time, robust to other load but it counts OpenMP's spin-waiting threads at 2 threads; wall: what a
+    # user waits for, on an otherwise idle machine
+    ap.add_argument("--clock", default="cpu", choices=["cpu", "wall"])
     ap.add_argument("--sizes", default=None, help="size:batch, comma separated (CPU: tiny:32,S:8; CUDA: B:64)")
     ap.add_argument("--image", default="4x32x32", help="CUDA latent shape CxHxW")
     ap.add_argument("--patch", type=int, default=2)
@@ -150,14 +155,15 @@ def main() -> None:
                        max(args.steps, 10), args.peak_tflops)
         return
     print(f"ratio_fm=0.5  image 1x28x28 patch 4  no CFG  (best of {args.rounds} interleaved rounds of "
-          f"{args.steps} steps, CPU ms per step)")
+          f"{args.steps} steps, {'CPU' if args.clock == 'cpu' else 'wall'} ms per step)")
     print(f"{'thr':>3} {'size':<5}{'batch':>6}  {'stage':<15}{'reference':>10}{'fast fp32':>10}{'x ref':>7}"
           f"{'fast auto':>10}{'x ref':>7}")
     for threads in (int(v) for v in args.threads.split(",")):
         torch.set_num_threads(threads)
         for item in (args.sizes or "tiny:32,S:8").split(","):
             size, batch = item.split(":")
-            res = bench_cpu(size, int(batch), args.steps, args.rounds)
+            res = bench_cpu(size, int(batch), args.steps, args.rounds,
+                            time.process_time if args.clock == "cpu" else time.perf_counter)
             for stage in ("plain fwd+bwd", *(s for s, _ in STAGES)):
                 ref, f32, auto = (res[(v, stage)] for v in VARIANTS)
                 print(f"{threads:>3} {size:<5}{batch:>6}  {stage:<15}{ref * 1e3:>10.1f}{f32 * 1e3:>10.1f}"
