@@ -39,8 +39,8 @@ def test_preview_cli_prints_plan_cost_and_writes_png(tmp_path):
     res = CliRunner().invoke(main, ["preview", str(REPO / "sweeps" / "curriculum.yaml"), "--png", str(png)])
     assert res.exit_code == 0, res.output
     assert "4 trials x 2 workers" in res.output
-    assert "ASHA rungs at steps 360" in res.output
-    assert "cost estimate: ~" in res.output and "(2400 trial-steps at" in res.output
+    assert "ASHA rungs at steps 600" in res.output
+    assert "cost estimate: ~" in res.output and "(4000 trial-steps at" in res.output
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -65,9 +65,9 @@ def test_cost_estimate_counts_evaluations_shared_cores_waves_and_start_up(monkey
         spec = parse_spec(apply_sets(raw, list(sets), "curriculum.yaml"))
         return preview.estimate_cost(spec, plan_trials(spec), (1, 28, 28), 10)["wall_s"]
 
-    # 4 trials of 600 steps, 5 evaluations each, 2 at a time on 2 cores with 2 workers each: x2, in 2 waves
-    per_trial = (600 * 0.1 + 5 * 4.0) * 2 + preview.TRIAL_START_S
+    # 4 trials of 1000 steps, 5 evaluations each, 2 at a time on 2 cores with 2 workers each: x2, in 2 waves
+    per_trial = (1000 * 0.1 + 5 * 4.0) * 2 + preview.TRIAL_START_S
     assert wall() == pytest.approx(preview.SWEEP_FIXED_S + 2 * per_trial)
     assert wall("search.max_concurrent=1", "train.workers=1") == pytest.approx(
-        preview.SWEEP_FIXED_S + 4 * (600 * 0.1 + 5 * 4.0 + preview.TRIAL_START_S))
+        preview.SWEEP_FIXED_S + 4 * (1000 * 0.1 + 5 * 4.0 + preview.TRIAL_START_S))
     assert wall("train.eval_every=50") > wall()           # 13 evaluations a trial instead of 5
