@@ -3,6 +3,7 @@ Optuna's grid sampler, Ray Train, MLflow), then benchmarks/paper_check.py reads 
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ def test_paper_check_grid_sweep_reads_back(fashion_manifest, tmp_path, capsys):
                                     *[arg for s in sets for arg in ("--set", s)]], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "4 trials: 4 completed" in res.output, res.output
+    assert "a grid over method, seed, every combination once" in res.output
     capsys.readouterr()
 
     rows = paper_check.main(["--run-dir", str(run_dir)])
@@ -46,3 +48,10 @@ def test_paper_check_grid_sweep_reads_back(fashion_manifest, tmp_path, capsys):
     assert "reference" in table[1] and "nan" not in "".join(table)
     assert "alphaflow vs meanflow (2 paired seeds): fid1 " in out
     assert "4 completed trials of 4, 4 steps each" in out and "left out" not in out
+    # the grid's trials are ordinary sweep trials: best names their method and seed, status counts them
+    best = CliRunner().invoke(main, ["best", "--json", "--run-dir", str(run_dir)])
+    assert best.exit_code == 0, best.output
+    (top,) = json.loads(best.output)
+    assert set(top["params"]) == {"method", "seed"} and top["params"]["method"] in ("meanflow", "alphaflow")
+    status = CliRunner().invoke(main, ["status", "--run-dir", str(run_dir)])
+    assert status.exit_code == 0 and "4 trials (4 completed)" in status.output, status.output
