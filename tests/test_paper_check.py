@@ -4,6 +4,7 @@ table and ordering lines of a few synthetic trials, and the trials read from an 
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def test_rows_pair_by_seed_and_say_which_orderings_hold():
     rows = {r.method: r for r in method_rows(scores, "meanflow")}
     assert rows["meanflow"].to_reference == {} and rows["meanflow"].seeds == [0, 1, 2]
     mean, std = rows["alphaflow"].stats["fid1"]
-    assert mean == pytest.approx(96.0) and std == pytest.approx(statistics_stdev([95.0, 96.5, 96.5]))
+    assert mean == pytest.approx(96.0) and std == pytest.approx(statistics.stdev([95.0, 96.5, 96.5]))
     fid1 = rows["alphaflow"].to_reference["fid1"]          # diffs -5, -4.5, -5.5
     assert fid1.mean == pytest.approx(-5.0) and fid1.holds()
     fid2 = rows["alphaflow"].to_reference["fid2"]          # diffs 0.5, 1.5, -0.5
@@ -56,12 +57,6 @@ def test_rows_pair_by_seed_and_say_which_orderings_hold():
     assert table[0].startswith("| method | seeds | fid1 mean | fid1 std |") and len(table) == 2 + 3
     with pytest.raises(ValueError, match="--reference flow-matching: no completed trial of that method"):
         method_rows(scores, "flow-matching")
-
-
-def statistics_stdev(values):
-    import statistics
-
-    return statistics.stdev(values)
 
 
 def _store(tmp_path):

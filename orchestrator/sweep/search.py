@@ -143,8 +143,9 @@ def searcher_objective(spec: SweepSpec) -> tuple[str | list[str], str | list[str
 
 def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None, warm=None):
     """Optuna through OptunaSearch: TPE (multi-objective TPE when the spec names several objectives), Optuna's
-    random sampler for `algorithm: random` (same space rules), or its grid sampler for `algorithm: grid`. `warm` (sweep.warm_start.WarmStart): an earlier
-    sweep's trials copied into the study first, and its best configurations tried first."""
+    random sampler for `algorithm: random` (same space rules), or its grid sampler for `algorithm: grid`.
+    `warm` (sweep.warm_start.WarmStart): an earlier sweep's trials copied into the study first, and its best
+    configurations tried first."""
     s = spec.search
     metric, mode = searcher_objective(spec)
     points = list(s.points_to_evaluate) + (warm.points if warm else [])
