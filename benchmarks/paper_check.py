@@ -9,9 +9,9 @@ MeanFlow with a 95% interval paired by seed, and one plain line saying whether i
 The sweep's trials are its MLflow child runs: `method` and `seed` are their params, and each trial's score is the
 value `afsweep best` ranks it by and the search was told (orchestrator/objectives.py): its best over its
 evaluations, `fid1_best` and `fid2_best`. Only completed trials count; the others are listed as left out. The
-difference to the reference is taken seed by seed (trials at one seed share initial weights, noise and data order)
-and its interval is the t interval of those differences: mean +- t(0.975, n - 1) sd / sqrt(n). An ordering holds
-when that interval excludes 0. Without --sweep: the experiment's latest sweep.
+difference to the reference is taken seed by seed (trials at one seed share initial weights, data order and
+per-step noise seeds) and its interval is the t interval of those differences: mean +- t(0.975, n - 1) sd /
+sqrt(n). An ordering holds when that interval excludes 0. Without --sweep: the experiment's latest sweep.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def method_config(spec: SweepSpec, params: dict[str, Any], trial_number: int | N
     cfg = apply_overrides(cfg, bundle)
     cfg = apply_overrides(cfg, {k: v for k, v in params.items() if k not in (PRESET_KEY, METHOD_KEY)})
     # a searched seed is the trial's seed as it is: trials of a grid over methods x seeds pair by it (the same
-    # initial weights, noise and data order for every method at one seed)
+    # initial weights, data order and per-step noise seeds for every method at one seed)
     if trial_number is not None and "seed" not in params and "seed" not in bundle:
         cfg = apply_overrides(cfg, {"seed": spec.search.seed * 1000 + trial_number})
     return cfg
