@@ -1,18 +1,17 @@
-"""The paper's claim at toy scale: alpha-Flow against MeanFlow (with and without Improved MeanFlow's beta weight)
-on Fashion-MNIST, at equal steps, several seeds, 1- and 2-NFE FID of the EMA weights.
+"""The papers' ordering at toy scale, read back from a finished method x seed grid sweep (sweeps/paper_check.yaml):
+per method the seeds it ran, the mean and standard deviation (ddof 1) of fid1 and fid2, its mean difference to
+MeanFlow with a 95% interval paired by seed, and one plain line saying whether its ordering against MeanFlow holds.
 
-    .venv/bin/python benchmarks/paper_check.py [--steps 900] [--batch-size 64] [--seeds 3] [--eval-n 2000]
-        [--configs alphaflow,meanflow,meanflow-beta] [--data-dir /tmp/afsweep-paper-check-data]
+    .venv/bin/afsweep launch sweeps/paper_check.yaml
+    .venv/bin/python benchmarks/paper_check.py [--sweep NAME] [--run-dir afsweep-runs] [--tracking-uri URI]
+        [--experiment afsweep] [--reference meanflow]
 
-Configurations (all on the tiny-cpu preset, everything else equal):
-- alphaflow       the preset's sigmoid curriculum alpha 1 -> 0 (k_s 0.1, k_e 0.5 of training)
-- meanflow        alpha = 0 throughout (the JVP target from step 0)
-- meanflow-beta   MeanFlow + Improved MeanFlow's progressive beta weight on r < t rows (beta_k = 1)
-- alphaflow-beta  the curriculum + the beta weight (optional)
-Each run trains in this process (one rank, 2 threads), then scores fid1 / fid2 with the domain CNN
-(fashion-mnist-cnn) against the manifest's test-split reference, on the same noise and labels for every run
-(alphaflow.evaluation.evaluate_generator). Runs are interleaved (seed outer, config inner) so that load from other
-processes falls on all configurations alike. std is the sample standard deviation over seeds (ddof = 1).
+The sweep's trials are its MLflow child runs: `method` and `seed` are their params, and each trial's score is the
+value `afsweep best` ranks it by and the search was told (orchestrator/objectives.py): its best over its
+evaluations, `fid1_best` and `fid2_best`. Only completed trials count; the others are listed as left out. The
+difference to the reference is taken seed by seed (trials at one seed share initial weights, data order and
+per-step noise seeds) and its interval is the t interval of those differences: mean +- t(0.975, n - 1) sd /
+sqrt(n). An ordering holds when that interval excludes 0. Without --sweep: the experiment's latest sweep.
 """
 
 from __future__ import annotations
@@ -21,185 +20,205 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-CONFIGS: dict[str, dict] = {
-    "alphaflow": {},
-    "meanflow": {"alpha.kind": "constant", "alpha.start": 0.0, "alpha.end": 0.0},
-    "meanflow-beta": {"alpha.kind": "constant", "alpha.start": 0.0, "alpha.end": 0.0,
-                      "loss.beta": True, "loss.beta_k": 1.0},
-    "alphaflow-beta": {"loss.beta": True, "loss.beta_k": 1.0},
-}
-DEFAULT_CONFIGS = "alphaflow,meanflow,meanflow-beta"
-# 900 steps at batch 64: 9 runs of about 2 min each on this 2-core CPU (measured at 2 threads: 0.127 s/step for
-# the alpha-Flow curriculum, 0.15 s/step for MeanFlow (JVP throughout), 4.6 s per evaluation at N = 2000), ~20 min.
-DEFAULT_STEPS = 900
+METRICS = ("fid1", "fid2")
+LEVEL = 0.95
 
 
 @dataclass
-class RunResult:
-    config: str
+class TrialScore:
+    method: str
     seed: int
-    fid1: float
-    fid2: float
-    train_s: float
-    eval_s: float
-    final_loss_unweighted: float   # mean over the last 10% of steps: did the regression target settle?
-    max_grad_norm: float           # before clipping, over the whole run
-    error: str = ""                # a non-finite loss ends the run; FIDs are then NaN
-    extra: dict = field(default_factory=dict)
+    run_name: str
+    values: dict[str, float]          # metric -> the trial's told value (fid1_best, ...)
+    untrained_best: bool = False      # its best fid1 was the untrained network's (step 0)
 
 
-def ensure_data(data_dir: str) -> str:
-    """The Fashion-MNIST manifest under data_dir, prepared once and reused afterwards."""
-    from alphaflow.data import prepare_builtin, read_manifest
+@dataclass
+class Interval:
+    mean: float
+    low: float
+    high: float
+    n: int
 
-    manifest = Path(data_dir) / "manifest.parquet"
-    if manifest.is_file():
-        read_manifest(str(manifest))   # a broken cache fails here with a one-line DataError naming the file
-        return str(manifest)
-    return prepare_builtin("fashion-mnist", data_dir)
-
-
-def run_one(name: str, seed: int, args, manifest_url: str, shared) -> RunResult:
-    """Train one configuration from scratch in this process, then score its EMA weights."""
-    from alphaflow.config import apply_overrides
-    from alphaflow.data import make_train_loader
-    from alphaflow.evaluation import evaluate_generator
-    from alphaflow.presets import get_preset
-    from alphaflow.train_state import NonFiniteLossError, TrainState
-
-    m, ext, ref, decode = shared
-    cfg = apply_overrides(get_preset("tiny-cpu"), {
-        **CONFIGS[name], "seed": seed, "total_steps": args.steps, "batch_size": args.batch_size,
-        "diagnostics_every": 0})
-    train_state = TrainState(cfg, image_shape=tuple(m.image_shape), num_classes=m.num_classes)
-    batches = iter(make_train_loader(manifest_url, batch_size=cfg.batch_size, rank=0, world_size=1, seed=seed))
-
-    t0 = time.perf_counter()
-    losses, max_gn, error = [], 0.0, ""
-    try:
-        while train_state.step < cfg.total_steps:
-            x, y = next(batches)
-            logs = train_state.train_step(x, y)
-            losses.append(logs.get("loss_unweighted", logs["loss"]))
-            max_gn = max(max_gn, logs["grad_norm"])
-    except NonFiniteLossError as e:
-        error = str(e)
-    train_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    fid1 = fid2 = math.nan
-    if not error:
-        res = evaluate_generator(lambda z, y, nfe: train_state.sample(z, y, nfe=nfe),
-                                 decode, tuple(m.image_shape), m.num_classes,
-                                 ext, ref, n=args.eval_n)
-        fid1, fid2 = res.metrics["fid1"], res.metrics["fid2"]
-    eval_s = time.perf_counter() - t0
-    tail = losses[-max(1, len(losses) // 10):]
-    return RunResult(name, seed, fid1, fid2, train_s, eval_s, statistics.fmean(tail) if tail else math.nan,
-                     max_gn, error)
+    def holds(self) -> bool:
+        """The difference has a sign at this level: the interval excludes 0."""
+        return self.n >= 2 and (self.high < 0 or self.low > 0)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    ok = [v for v in values if math.isfinite(v)]
-    if not ok:
+@dataclass
+class MethodRow:
+    method: str
+    seeds: list[int]
+    stats: dict[str, tuple[float, float]]                            # metric -> (mean, std)
+    to_reference: dict[str, Interval] = field(default_factory=dict)  # empty for the reference itself
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
         return math.nan, math.nan
-    return statistics.fmean(ok), statistics.stdev(ok) if len(ok) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def format_table(results: list[RunResult], configs: list[str], seeds: list[int]) -> list[str]:
-    seed_cols = " | ".join(f"fid1 s{s}" for s in seeds)
-    lines = [f"| config | {seed_cols} | fid1 mean +- std | fid2 mean +- std | final loss | max grad norm "
-             f"| train s/run | wall s (all seeds) |",
-             "|" + "---|" * (6 + len(seeds) + 1)]
-    for c in configs:
-        rs = {r.seed: r for r in results if r.config == c}
-        f1 = [rs[s].fid1 for s in seeds]
-        m1, s1 = _mean_std(f1)
-        m2, s2 = _mean_std([rs[s].fid2 for s in seeds])
-        loss = statistics.fmean(rs[s].final_loss_unweighted for s in seeds)
-        gn = max(rs[s].max_grad_norm for s in seeds)
-        train = statistics.fmean(rs[s].train_s for s in seeds)
-        wall = sum(rs[s].train_s + rs[s].eval_s for s in seeds)
-        lines.append(f"| {c} | " + " | ".join(f"{v:.2f}" for v in f1)
-                     + f" | {m1:.2f} +- {s1:.2f} | {m2:.2f} +- {s2:.2f} | {loss:.4f} | {gn:.2f} | {train:.1f} "
-                     f"| {wall:.1f} |")
+def paired_interval(diffs: list[float], level: float = LEVEL) -> Interval:
+    """The t interval of the mean of per-seed differences (no interval from fewer than 2)."""
+    from scipy.stats import t
+
+    n = len(diffs)
+    if n < 2:
+        return Interval(diffs[0] if diffs else math.nan, math.nan, math.nan, n)
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def read_sweep(client, experiment_id: str, sweep: str) -> tuple[list[TrialScore], list[str]]:
+    """The completed trials' scores, and "<trial>: why" for each trial left out."""
+    from orchestrator import tracking
+    from orchestrator.objectives import told_key
+
+    scores, left_out = [], []
+    for run in tracking.sweep_trial_runs(client, experiment_id, sweep, order_by=["attributes.start_time ASC"]):
+        name, params, metrics = run.info.run_name, run.data.params, run.data.metrics
+        state = run.data.tags.get(tracking.STATUS_TAG, "running")
+        values = {m: metrics.get(told_key(m)) for m in METRICS}
+        if "method" not in params or "seed" not in params:
+            raise ValueError(f"sweep '{sweep}': trial {name} has no method or seed param; paper_check reads a grid "
+                             f"over search.space.method x seed (sweeps/paper_check.yaml)")
+        if state != "completed":
+            left_out.append(f"{name} ({params['method']}, seed {params['seed']}): {state}")
+        elif not all(v is not None and math.isfinite(v) for v in values.values()):
+            left_out.append(f"{name}: no finite {' and '.join(told_key(m) for m in METRICS)}")
+        else:
+            scores.append(TrialScore(params["method"], int(params["seed"]), name, values,
+                                     metrics.get(f"{told_key('fid1')}_step", 1) == 0))
+    return scores, left_out
+
+
+def method_rows(scores: list[TrialScore], reference: str, order: list[str] | None = None) -> list[MethodRow]:
+    """One row per method, in `order` (the spec's) and then by name; each compared with the reference at the seeds
+    both ran."""
+    rank = {m: i for i, m in enumerate(order or [])}
+    by_method: dict[str, dict[int, TrialScore]] = {}
+    for s in sorted(scores, key=lambda s: (rank.get(s.method, len(rank)), s.method)):
+        by_method.setdefault(s.method, {})[s.seed] = s
+    if reference not in by_method:
+        raise ValueError(f"--reference {reference}: no completed trial of that method (methods: "
+                         f"{', '.join(by_method) or 'none'})")
+    ref = by_method[reference]
+    rows = []
+    for method, runs in by_method.items():
+        seeds = sorted(runs)
+        row = MethodRow(method, seeds, {m: mean_std([runs[s].values[m] for s in seeds]) for m in METRICS})
+        if method != reference:
+            paired = [s for s in seeds if s in ref]
+            row.to_reference = {m: paired_interval([runs[s].values[m] - ref[s].values[m] for s in paired])
+                                for m in METRICS}
+        rows.append(row)
+    return rows
+
+
+def spec_method_order(client, parent_run_id: str) -> list[str]:
+    """The methods in the order the sweep's frozen spec lists them in search.space.method (empty if it does not)."""
+    import tempfile
+
+    import yaml
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = yaml.safe_load(Path(client.download_artifacts(parent_run_id, "spec.yaml", tmp)).read_text())
+        return [str(v) for v in spec["search"]["space"]["method"]["values"]]
+    except Exception:   # an older or hand-made sweep: methods by name
+        return []
+
+
+def _interval_cell(iv: Interval | None) -> str:
+    if iv is None:
+        return "reference"
+    if iv.n < 2:
+        return f"{iv.mean:+.2f} (n={iv.n}, no interval)"
+    return f"{iv.mean:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]"
+
+
+def format_table(rows: list[MethodRow], reference: str) -> list[str]:
+    head = ["method", "seeds"] + [f"{m} {s}" for m in METRICS for s in ("mean", "std")] + \
+           [f"{m} - {reference} [95%]" for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.method, str(len(r.seeds))] + [f"{v:.2f}" for m in METRICS for v in r.stats[m]] + \
+                [_interval_cell(r.to_reference.get(m)) for m in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def summary(results: list[RunResult], configs: list[str]) -> str:
-    """Which configuration has the lowest mean fid1 and fid2, and by how much relative to the seed spread."""
+def ordering_line(row: MethodRow, reference: str) -> str:
+    """Plainly, for each metric: better, worse, or not settled against the reference (lower FID is better)."""
     parts = []
-    for metric in ("fid1", "fid2"):
-        stats = {c: _mean_std([getattr(r, metric) for r in results if r.config == c]) for c in configs}
-        ranked = sorted((c for c in configs if math.isfinite(stats[c][0])), key=lambda c: stats[c][0])
-        if not ranked:
-            parts.append(f"{metric}: no finite result")
+    for m in METRICS:
+        iv = row.to_reference[m]
+        if iv.n < 2:
+            parts.append(f"{m}: {iv.n} paired seed(s), no interval: not settled")
             continue
-        best = ranked[0]
-        if len(ranked) > 1:
-            second = ranked[1]
-            gap = stats[second][0] - stats[best][0]
-            spread = math.hypot(stats[best][1], stats[second][1])
-            parts.append(f"{metric}: best {best} ({stats[best][0]:.2f}), next {second} ({stats[second][0]:.2f}), "
-                         f"gap {gap:.2f} vs seed spread {spread:.2f}")
-        else:
-            parts.append(f"{metric}: best {best} ({stats[best][0]:.2f})")
-    return "summary (lowest mean FID): " + "; ".join(parts)
+        side = "lower (better)" if iv.mean < 0 else "higher (worse)"
+        verdict = "excludes 0: the ordering holds" if iv.holds() else "includes 0: not settled"
+        parts.append(f"{m} {side} by {abs(iv.mean):.2f}, 95% interval [{iv.low:+.2f}, {iv.high:+.2f}] {verdict}")
+    return f"{row.method} vs {reference} ({row.to_reference['fid1'].n} paired seeds): " + "; ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> list[RunResult]:
+def _fail(message: str) -> None:
+    print(f"paper_check: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> list[MethodRow]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
-    ap.add_argument("--eval-n", type=int, default=2000)
-    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma list of: {', '.join(CONFIGS)}")
-    ap.add_argument("--data-dir", default="/tmp/afsweep-paper-check-data")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sweep", default=None, help="the sweep's name (default: the experiment's latest)")
+    ap.add_argument("--run-dir", type=Path, default=Path("afsweep-runs"))
+    ap.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or the run dir's store")
+    ap.add_argument("--experiment", default="afsweep")
+    ap.add_argument("--reference", default="meanflow", help="the method every other is compared with")
     args = ap.parse_args(argv)
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown or not configs:
-        ap.error(f"--configs: unknown {', '.join(unknown) or '(empty)'}; known: {', '.join(CONFIGS)}")
-    if args.steps < 1 or args.seeds < 1 or args.eval_n < 2 or args.batch_size < 1:
-        ap.error("--steps, --seeds and --batch-size must be >= 1, --eval-n >= 2")
 
-    from alphaflow.data import read_manifest
-    from alphaflow.evaluation import LatentDecoder
-    from alphaflow.metrics import ReferenceStats, load_extractor
+    import os
 
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    manifest_url = ensure_data(args.data_dir)
-    m = read_manifest(manifest_url)
-    ext, ref = load_extractor("fashion-mnist-cnn"), ReferenceStats.load(m.fid_reference)
-    shared = (m, ext, ref, LatentDecoder.of(m))
-    seeds = list(range(args.seeds))
-    print(f"data ready in {time.perf_counter() - t_start:.1f} s: {manifest_url}", flush=True)
+    from orchestrator import tracking
 
-    results: list[RunResult] = []
-    for seed in seeds:
-        for c in configs:
-            r = run_one(c, seed, args, manifest_url, shared)
-            results.append(r)
-            note = f"  FAILED: {r.error}" if r.error else ""
-            print(f"  {c:<15} seed {seed}: fid1 {r.fid1:.2f} fid2 {r.fid2:.2f}  train {r.train_s:.1f} s "
-                  f"eval {r.eval_s:.1f} s  final loss {r.final_loss_unweighted:.4f}{note}", flush=True)
-
-    print(f"\nFashion-MNIST, tiny-cpu DiT, {args.steps} steps x batch {args.batch_size}, {args.seeds} seeds, "
-          f"FID-{args.eval_n} (fashion-mnist-cnn features, test-split reference), EMA weights, "
-          f"{args.threads} threads")
-    for line in format_table(results, configs, seeds):
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one spec.yaml: no progress bar
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, args.run_dir)
+    try:
+        client = tracking.client_for(uri, existing=True)
+        exp = client.get_experiment_by_name(args.experiment)
+        if exp is None:
+            raise ValueError(f"MLflow at {uri}: no experiment named '{args.experiment}'")
+        sweep = args.sweep or tracking.latest_sweep(client, exp.experiment_id)
+        parent = tracking.find_sweep_run(client, exp.experiment_id, sweep) if sweep else None
+        if parent is None:
+            raise ValueError(f"MLflow at {uri}, experiment '{args.experiment}': no sweep named '{sweep}'")
+        scores, left_out = read_sweep(client, exp.experiment_id, sweep)
+        rows = method_rows(scores, args.reference, spec_method_order(client, parent))
+    except (ValueError, tracking.TrackingError) as e:
+        _fail(str(e))
+    params = client.get_run(parent).data.params
+    first = client.get_run(tracking.sweep_trial_runs(client, exp.experiment_id, sweep)[0].info.run_id).data.params
+    scoring = ", ".join(x for x in (f"FID-{first[tracking.EVAL_N_PARAM]}" if tracking.EVAL_N_PARAM in first else "",
+                                    first.get(tracking.EXTRACTOR_PARAM, "")) if x)
+    print(f"sweep {sweep}: {len(scores)} completed trials of {params.get('num_trials', '?')}, "
+          f"{first.get('total_steps', '?')} steps each; each trial's best fid1 / fid2 over its evaluations"
+          + (f" ({scoring})" if scoring else ""))
+    for line in format_table(rows, args.reference):
         print(line)
-    print(summary(results, configs))
-    print(f"total wall {time.perf_counter() - t_start:.1f} s")
-    return results
+    for row in rows:
+        if row.method != args.reference:
+            print(ordering_line(row, args.reference))
+    for why in left_out:
+        print(f"left out: {why}")
+    untrained = [s.run_name for s in scores if s.untrained_best]
+    if untrained:
+        print(f"note: {len(untrained)} trial(s) scored best untrained (fid1 best at step 0), trained too briefly "
+              f"to improve: {', '.join(untrained)}")
+    return rows
 
 
 if __name__ == "__main__":

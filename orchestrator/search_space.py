@@ -101,3 +101,32 @@ class Fixed(_Dist):
 
 
 Distribution = Annotated[Union[Uniform, LogUniform, IntRange, Choice, Fixed], Field(discriminator="type")]
+
+
+def grid_of(space: dict[str, Any]) -> dict[str, list[Any]]:
+    """The combinations a grid search runs, as Optuna's GridSampler takes them: each `choice` key's values (a
+    `fixed` key is a constant, not a grid axis). ValueError "<key>: why" for a key a grid cannot run: a range has
+    no finite list of values, a `when:` would make combinations that do not exist, a repeated value would run
+    twice."""
+    grid: dict[str, list[Any]] = {}
+    for key, dist in space.items():
+        if dist.when:
+            raise ValueError(f"{key}.when: a grid runs every combination of its choices; a conditional "
+                             f"parameter is not supported there")
+        if isinstance(dist, Fixed):
+            continue
+        if not isinstance(dist, Choice):
+            raise ValueError(f"{key}: a grid takes `choice` (or `fixed`) values, not `{dist.type}`; list the "
+                             f"values to run as a choice")
+        for i, value in enumerate(dist.values):
+            if value in dist.values[:i]:
+                raise ValueError(f"{key}.values[{i}]: {value!r} is listed twice; a grid would run it twice")
+        grid[key] = list(dist.values)
+    return grid
+
+
+def grid_size(grid: dict[str, list[Any]]) -> int:
+    size = 1
+    for values in grid.values():
+        size *= len(values)
+    return size

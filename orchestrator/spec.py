@@ -16,10 +16,12 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 from orchestrator.objectives import SCORES, Mode, ObjectiveName
-from orchestrator.search_space import Choice, Distribution, Fixed
+from orchestrator.search_space import Choice, Distribution, Fixed, grid_of, grid_size
 
 
-PRESET_KEY = "preset"  # a search-space key that picks the whole base config; every other key is a TrainConfig key
+PRESET_KEY = "preset"  # a search-space key that picks the whole base config
+METHOD_KEY = "method"  # a search-space key that picks one of the spec's `methods`; every other key is a TrainConfig key
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class SpecError(ValueError):
@@ -99,7 +101,8 @@ class EarlyStoppingSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    algorithm: Literal["optuna-tpe", "random"] = "optuna-tpe"
+    # grid: every combination of the space's choices once (Optuna's GridSampler), no early stopping
+    algorithm: Literal["optuna-tpe", "random", "grid"] = "optuna-tpe"
     seed: int = 0
     num_trials: int = Field(4, ge=1)
     max_concurrent: int = Field(2, ge=1)
@@ -165,11 +168,17 @@ class RaySpec(_Strict):
     dashboard_port: int = 8265
 
 
+MethodName = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
 class SweepSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     data: DataSpec = Field(default_factory=DataSpec)
     base: BaseSpec = Field(default_factory=BaseSpec)
+    # named bundles of method overrides, applied on top of base.overrides when `search.space.method` picks one:
+    # one searched categorical that sets several method keys at once (e.g. MeanFlow = alpha constant 0)
+    methods: dict[MethodName, dict[str, Any]] = Field(default_factory=dict)
     train: TrainSpec = Field(default_factory=TrainSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
@@ -269,8 +278,38 @@ def parse_spec(raw: Any, path: str = "<spec>") -> SweepSpec:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
         raise _first_error(path, e) from None
+    _check_grid(spec, path)
     _check_method_keys(spec, path)
     return spec
+
+
+def _check_grid(spec: SweepSpec, path: str) -> None:
+    """`algorithm: grid` runs every combination of the space's choices exactly once: the trial count is the grid's
+    size (derived when not given), and nothing may stop, add or skip a combination."""
+    s = spec.search
+    if s.algorithm != "grid":
+        return
+    try:
+        grid = grid_of(s.space)
+    except ValueError as e:
+        raise SpecError(f"{path}: search.space.{e}") from None
+    size = grid_size(grid)
+    if "num_trials" in s.model_fields_set and s.num_trials != size:
+        shape = " x ".join(f"{len(v)} {k}" for k, v in grid.items()) or "no choices"
+        raise SpecError(f"{path}: search.num_trials: {s.num_trials}, but the grid has {size} combinations "
+                        f"({shape}); leave num_trials out or set it to {size}")
+    s.num_trials = size
+    es = s.early_stopping
+    if "scheduler" in es.model_fields_set and es.scheduler == "asha":
+        raise SpecError(f"{path}: search.early_stopping.scheduler: asha stops trials early, and a grid runs every "
+                        f"combination to its end: set it to none or leave it out")
+    es.scheduler = "none"
+    if s.points_to_evaluate:
+        raise SpecError(f"{path}: search.points_to_evaluate: a grid runs its own combinations only; add the values "
+                        f"to the space's choices instead")
+    if s.warm_start:
+        raise SpecError(f"{path}: search.warm_start: a grid runs every combination whatever earlier sweeps found; "
+                        f"leave warm_start out")
 
 
 def load_spec(path: str | Path, sets: list[str] | None = None) -> SweepSpec:
@@ -304,11 +343,13 @@ def _check_method_keys(spec: SweepSpec, path: str) -> None:
         where = "base.preset" if isinstance(e, KeyError) else "base.overrides"
         raise SpecError(f"{path}: {where}: {_message(e)}") from None
     space = spec.search.space
-    if PRESET_KEY in space and not isinstance(space[PRESET_KEY], (Choice, Fixed)):
-        raise SpecError(f"{path}: search.space.preset: must be a choice or fixed list of preset names")
+    for key, names in ((PRESET_KEY, "preset"), (METHOD_KEY, "method")):
+        if key in space and not isinstance(space[key], (Choice, Fixed)):
+            raise SpecError(f"{path}: search.space.{key}: must be a choice or fixed list of {names} names")
     # each bound, with the other searched keys at typical values (a cross-field rule such as k_s <= k_e is judged
     # against what the search would set, not against a base value the search replaces)
     typical = {k: d.representative() for k, d in space.items() if _is_known(spec, k, d)}
+    _check_methods(spec, path, {k: v for k, v in typical.items() if k != METHOD_KEY})
     for key, dist in space.items():
         others = {k: v for k, v in typical.items() if k != key}
         for bound, value in dist.extremes().items():
@@ -320,6 +361,35 @@ def _check_method_keys(spec: SweepSpec, path: str) -> None:
         for cond in (dist.when or {}):
             if cond not in spec.search.space:
                 raise SpecError(f"{path}: search.space.{key}.when: {cond!r} is not a searched parameter")
+
+
+def _check_methods(spec: SweepSpec, path: str, others: dict[str, Any]) -> None:
+    """Every entry of `methods` builds into a valid config (with the searched keys at typical values), sets only
+    method keys, and none that the space also searches (which would silently override it)."""
+    from alphaflow.config import ConfigError
+    from orchestrator.trial.config import method_config
+
+    for name, overrides in spec.methods.items():
+        for key in _dotted(overrides):
+            if key == PRESET_KEY:
+                raise SpecError(f"{path}: methods.{name}.preset: a method sets method keys; choose the preset with "
+                                f"base.preset or search.space.preset")
+            if key in spec.search.space:
+                raise SpecError(f"{path}: methods.{name}.{key}: also searched (search.space.{key}); set each key "
+                                f"in one place")
+        try:
+            method_config(spec, {**others, METHOD_KEY: name})
+        except (KeyError, ConfigError) as e:
+            raise SpecError(f"{path}: methods.{name}: {_message(e)}") from None
+
+
+def _dotted(overrides: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of an overrides mapping written flat (`alpha.kind: x`) or nested (`alpha: {kind: x}`)."""
+    keys = []
+    for k, v in overrides.items():
+        key = f"{prefix}{k}"
+        keys += _dotted(v, key + ".") if isinstance(v, dict) else [key]
+    return keys
 
 
 def _is_known(spec: SweepSpec, key: str, dist) -> bool:

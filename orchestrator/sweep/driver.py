@@ -14,8 +14,9 @@ import yaml
 from alphaflow.errors import first_line
 from orchestrator import tracking
 from orchestrator.objectives import format_objectives, search_objectives
+from orchestrator.search_space import grid_of
 from orchestrator.tracking.provenance import log_dataset_input, manifest_dataset, source_tags
-from orchestrator.spec import PRESET_KEY, SweepSpec
+from orchestrator.spec import METHOD_KEY, PRESET_KEY, SweepSpec
 from orchestrator.sweep.places import (SPEC_COPY, check_optuna_storage, check_storage, credentials_out_of_ray_env,
                                        hide_secret, read_text, refuse_local_parts_on_a_cluster, resolve_places,
                                        storage_filesystem, write_text)
@@ -105,14 +106,14 @@ _LENGTH_KEYS = ("total_steps", "alpha.kind", "alpha.k_s", "alpha.k_e", "alpha.un
 
 
 def extreme_configs(spec: SweepSpec) -> list:
-    """The configurations at the bounds of the searched length and transition keys (and of every searched preset):
-    what ASHA's max_t and the curriculum-aware grace period must cover."""
+    """The configurations at the bounds of the searched length and transition keys (and of every searched preset
+    and method): what ASHA's max_t and the curriculum-aware grace period must cover."""
     import itertools
 
     from alphaflow.config import ConfigError
 
     space = spec.search.space
-    keys = [k for k in (PRESET_KEY, *_LENGTH_KEYS) if k in space]
+    keys = [k for k in (PRESET_KEY, METHOD_KEY, *_LENGTH_KEYS) if k in space]
     out = []
     for values in itertools.product(*[list(space[k].extremes().values()) for k in keys]):
         try:
@@ -257,8 +258,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
         client.set_tag(parent_run_id, key, value)
     dataset = manifest_dataset(manifest)
     log_dataset_input(client, parent_run_id, dataset)
-    stopping = (f"ASHA rungs from step {grace}" if not spec.search.objectives else
-                f"objectives {format_objectives(spec.search.objectives)}, every trial to its end (no ASHA)")
+    stopping = _stopping_line(spec, grace)
     echo(f"afsweep: sweep {sweep_name}: {spec.search.num_trials} trials x {spec.train.workers} workers, "
          f"{cfg.total_steps} steps each, {stopping}")
     echo(f"afsweep: MLflow parent run {parent_run_id} in experiment '{spec.tracking.experiment}' at "
@@ -307,6 +307,17 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     outcome.dashboard_url = dashboard_url
     _shutdown_ray()
     return outcome
+
+
+def _stopping_line(spec: SweepSpec, grace: int) -> str:
+    s = spec.search
+    if s.objectives:
+        return f"objectives {format_objectives(s.objectives)}, every trial to its end (no ASHA)"
+    if s.algorithm == "grid":
+        return f"a grid over {', '.join(grid_of(s.space)) or 'nothing'}, every combination once, to its end"
+    if s.early_stopping.scheduler == "none":
+        return "every trial to its end (no early stopping)"
+    return f"ASHA rungs from step {grace}"
 
 
 def _shutdown_ray() -> None:

@@ -11,7 +11,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from orchestrator.objectives import search_objectives, told_key
-from orchestrator.search_space import Fixed
+from orchestrator.search_space import Fixed, grid_of
 from orchestrator.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,15 @@ def define_by_run(spec: SweepSpec) -> DefineByRun:
     return DefineByRun(dict(spec.search.space))
 
 
+class TuneGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler as Tune drives it: trial number i runs combination i (shuffled by the seed), so a sweep
+    of num_trials = grid size runs each once. Tune's num_samples ends the sweep: GridSampler's own `study.stop()`
+    after the last combination raises outside `study.optimize` (Tune uses ask and tell), so it is not called."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
 class PrunedAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna PRUNED, not COMPLETE, for a trial that stopped before its last step.
 
@@ -67,6 +76,20 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if isinstance(self.metric, str) and self.metric not in result:
             return
         super().on_trial_result(trial_id, result)
+
+    def restore(self, checkpoint_path: str):
+        """`afsweep resume`: the searcher as the dead driver last saved it. A grid's combination handed to a trial
+        the driver started after that snapshot (its Optuna trial RUNNING, unknown here) would never run: it is
+        enqueued again, so the trial Tune starts in its place runs it, and the lost Optuna trial is marked FAIL."""
+        super().restore(checkpoint_path)
+        if not isinstance(self._sampler, optuna.samplers.GridSampler):
+            return
+        known = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.number not in known:
+                self._ot_study.enqueue_trial(t.params)
+                self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                log.warning("optuna: grid combination %s of a lost trial queued again", t.params)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         stopped_early = (
@@ -97,6 +120,8 @@ def make_sampler(spec: SweepSpec):
     s = spec.search
     if s.algorithm == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.algorithm == "grid":
+        return TuneGridSampler(grid_of(s.space), seed=s.seed)
     return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup_trials(spec))
 
 
@@ -117,9 +142,10 @@ def searcher_objective(spec: SweepSpec) -> tuple[str | list[str], str | list[str
 
 
 def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None, warm=None):
-    """Optuna through OptunaSearch: TPE (multi-objective TPE when the spec names several objectives), or Optuna's
-    random sampler for `algorithm: random` (same space rules). `warm` (sweep.warm_start.WarmStart): an earlier
-    sweep's trials copied into the study first, and its best configurations tried first."""
+    """Optuna through OptunaSearch: TPE (multi-objective TPE when the spec names several objectives), Optuna's
+    random sampler for `algorithm: random` (same space rules), or its grid sampler for `algorithm: grid`.
+    `warm` (sweep.warm_start.WarmStart): an earlier sweep's trials copied into the study first, and its best
+    configurations tried first."""
     s = spec.search
     metric, mode = searcher_objective(spec)
     points = list(s.points_to_evaluate) + (warm.points if warm else [])

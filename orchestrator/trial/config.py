@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from alphaflow.config import TrainConfig, apply_overrides
-from orchestrator.spec import PRESET_KEY, DataSpec, SweepSpec, TrainSpec
+from orchestrator.spec import METHOD_KEY, PRESET_KEY, DataSpec, SweepSpec, TrainSpec
 
 # feature extractor of the sweep's fid1/fid2 per built-in data set (others: the Fashion-MNIST CNN)
 DOMAIN_EXTRACTOR = {"fashion-mnist": "fashion-mnist-cnn", "digits": "digits-cnn"}
@@ -41,6 +41,7 @@ class TrialConfig(_Strict):
     in a sweep, the sweep's context and the trial's MLflow run."""
     method: TrainConfig
     preset: str
+    method_name: str | None = None     # the spec's `methods` entry the trial uses (search.space.method), if any
     searched: dict[str, Any] = Field(default_factory=dict)
     data: DataSpec
     train: TrainSpec
@@ -48,22 +49,37 @@ class TrialConfig(_Strict):
     run_id: str | None = None          # the trial's child run, set once it exists
 
 
+def method_overrides(spec: SweepSpec, name: Any) -> dict[str, Any]:
+    """The overrides of the spec's method `name` (search.space.method); KeyError naming the known ones."""
+    if name not in spec.methods:
+        known = ", ".join(spec.methods) or "none (add a top-level methods: section)"
+        raise KeyError(f"unknown method {name!r}; the spec's methods: {known}")
+    return spec.methods[name]
+
+
 def method_config(spec: SweepSpec, params: dict[str, Any], trial_number: int | None = None) -> TrainConfig:
     """The method config of one trial: the preset (the searched one, else the spec's), the spec's overrides, the
-    searched values, and (in a sweep) a seed offset per trial so trials do not share noise."""
+    chosen method's overrides (`methods`), the other searched values, and (in a sweep) a seed offset per trial so
+    trials do not share noise, unless the seed is searched or set by the method."""
     from alphaflow.presets import get_preset
 
     cfg = apply_overrides(get_preset(params.get(PRESET_KEY, spec.base.preset)), spec.base.overrides)
-    cfg = apply_overrides(cfg, {k: v for k, v in params.items() if k != PRESET_KEY})
-    if trial_number is not None:
+    bundle = method_overrides(spec, params[METHOD_KEY]) if METHOD_KEY in params else {}
+    cfg = apply_overrides(cfg, bundle)
+    cfg = apply_overrides(cfg, {k: v for k, v in params.items() if k not in (PRESET_KEY, METHOD_KEY)})
+    # a searched seed is the trial's seed as it is: trials of a grid over methods x seeds pair by it (the same
+    # initial weights, data order and per-step noise seeds for every method at one seed)
+    if trial_number is not None and "seed" not in params and "seed" not in bundle:
         cfg = apply_overrides(cfg, {"seed": spec.search.seed * 1000 + trial_number})
     return cfg
 
 
 def build_trial_config(spec: SweepSpec, params: dict[str, Any], sweep: SweepContext | None = None,
                        trial_number: int | None = None) -> TrialConfig:
+    name = params.get(METHOD_KEY)
     return TrialConfig(method=method_config(spec, params, trial_number),
-                       preset=str(params.get(PRESET_KEY, spec.base.preset)), searched=dict(params),
+                       preset=str(params.get(PRESET_KEY, spec.base.preset)),
+                       method_name=None if name is None else str(name), searched=dict(params),
                        data=spec.data, train=spec.train, sweep=sweep)
 
 

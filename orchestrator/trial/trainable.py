@@ -65,6 +65,7 @@ def run_trial(config: dict[str, Any]) -> None:
         "opening the trial's run", tracking.get_or_create_trial_run,
         client, sweep.experiment_id, sweep.parent_run_id, sweep.sweep_name, trial_id, trial_name,
         params={**flatten(trial.method), "preset": trial.preset, "swept": ",".join(sorted(params)),
+                **({"method": trial.method_name} if trial.method_name is not None else {}),
                 tracking.EXTRACTOR_PARAM: sweep.extractor, tracking.EVAL_N_PARAM: trial.train.eval_samples},
         tags=sweep.run_tags, dataset=sweep.dataset, uri=sweep.tracking_uri)
     diverged = tracking.through_outages("reading the trial's run", client.get_run, trial.run_id,
