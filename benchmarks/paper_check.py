@@ -74,13 +74,13 @@ def paired_interval(diffs: list[float], level: float = LEVEL) -> Interval:
     return Interval(mean, mean - half, mean + half, n)
 
 
-def read_sweep(client, experiment_id: str, sweep: str) -> tuple[list[TrialScore], list[str]]:
-    """The completed trials' scores, and "<trial>: why" for each trial left out."""
+def read_sweep(runs, sweep: str) -> tuple[list[TrialScore], list[str]]:
+    """The completed trials' scores among a sweep's trial runs, and "<trial>: why" for each trial left out."""
     from orchestrator import tracking
     from orchestrator.objectives import told_key
 
     scores, left_out = [], []
-    for run in tracking.sweep_trial_runs(client, experiment_id, sweep, order_by=["attributes.start_time ASC"]):
+    for run in runs:
         name, params, metrics = run.info.run_name, run.data.params, run.data.metrics
         state = run.data.tags.get(tracking.STATUS_TAG, "running")
         values = {m: metrics.get(told_key(m)) for m in METRICS}
@@ -196,12 +196,13 @@ def main(argv: list[str] | None = None) -> list[MethodRow]:
         parent = tracking.find_sweep_run(client, exp.experiment_id, sweep) if sweep else None
         if parent is None:
             raise ValueError(f"MLflow at {uri}, experiment '{args.experiment}': no sweep named '{sweep}'")
-        scores, left_out = read_sweep(client, exp.experiment_id, sweep)
+        runs = tracking.sweep_trial_runs(client, exp.experiment_id, sweep, order_by=["attributes.start_time ASC"])
+        scores, left_out = read_sweep(runs, sweep)
         rows = method_rows(scores, args.reference, spec_method_order(client, parent))
     except (ValueError, tracking.TrackingError) as e:
         _fail(str(e))
     params = client.get_run(parent).data.params
-    first = client.get_run(tracking.sweep_trial_runs(client, exp.experiment_id, sweep)[0].info.run_id).data.params
+    first = runs[0].data.params   # search_runs returns each run's params: no second query
     scoring = ", ".join(x for x in (f"FID-{first[tracking.EVAL_N_PARAM]}" if tracking.EVAL_N_PARAM in first else "",
                                     first.get(tracking.EXTRACTOR_PARAM, "")) if x)
     print(f"sweep {sweep}: {len(scores)} completed trials of {params.get('num_trials', '?')}, "

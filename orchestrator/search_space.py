@@ -4,6 +4,8 @@ value (`representative`). A spec's `search.space` maps dotted method keys to the
 
 from __future__ import annotations
 
+import math
+
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -126,7 +128,4 @@ def grid_of(space: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 def grid_size(grid: dict[str, list[Any]]) -> int:
-    size = 1
-    for values in grid.values():
-        size *= len(values)
-    return size
+    return math.prod(len(values) for values in grid.values())

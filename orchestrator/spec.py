@@ -135,14 +135,18 @@ class SearchSpec(_Strict):
     @model_validator(mode="after")
     def _no_asha_when_multi_objective(self):
         # ASHA ranks trials on one number: it would stop a trial that is good on another objective
-        if not self.objectives:
-            return self
-        es = self.early_stopping
-        if "scheduler" in es.model_fields_set and es.scheduler == "asha":
-            raise ValueError("early_stopping.scheduler: asha compares one metric; a multi-objective search "
-                             "(objectives) runs every trial to its end: set it to none")
-        es.scheduler = "none"
+        if self.objectives:
+            _run_every_trial_to_its_end(self.early_stopping, "compares one metric; a multi-objective search "
+                                        "(objectives) runs every trial to its end: set it to none")
         return self
+
+
+def _run_every_trial_to_its_end(es: EarlyStoppingSpec, why_not_asha: str) -> None:
+    """Searches that need every trial to its end (a grid, several objectives): ASHA written out is refused
+    (ValueError "early_stopping.scheduler: asha <why>"), else early stopping is off."""
+    if "scheduler" in es.model_fields_set and es.scheduler == "asha":
+        raise ValueError(f"early_stopping.scheduler: asha {why_not_asha}")
+    es.scheduler = "none"
 
 
 class TrackingSpec(_Strict):
@@ -299,11 +303,11 @@ def _check_grid(spec: SweepSpec, path: str) -> None:
         raise SpecError(f"{path}: search.num_trials: {s.num_trials}, but the grid has {size} combinations "
                         f"({shape}); leave num_trials out or set it to {size}")
     s.num_trials = size
-    es = s.early_stopping
-    if "scheduler" in es.model_fields_set and es.scheduler == "asha":
-        raise SpecError(f"{path}: search.early_stopping.scheduler: asha stops trials early, and a grid runs every "
-                        f"combination to its end: set it to none or leave it out")
-    es.scheduler = "none"
+    try:
+        _run_every_trial_to_its_end(s.early_stopping, "stops trials early, and a grid runs every combination to "
+                                    "its end: set it to none or leave it out")
+    except ValueError as e:
+        raise SpecError(f"{path}: search.{e}") from None
     if s.points_to_evaluate:
         raise SpecError(f"{path}: search.points_to_evaluate: a grid runs its own combinations only; add the values "
                         f"to the space's choices instead")

@@ -283,10 +283,10 @@ def _best_pareto(client, uri, exp, sweep, objectives, alias, pick, model_name, a
     click.echo(f"sweep {sweep}: Pareto front on {', '.join(f'{m} ({mode})' for m, mode in chosen.items())}: "
                f"{len(front)} of {len(points)} trials")
     for p in front:
-        values = "  ".join(f"{k} = {v:.4f}" for k, v in point_dict(p)["objectives"].items())
+        d = point_dict(p)
         click.echo(f"#{p.pick} trial {p.run_name}  run {p.run_id}")
-        click.echo(f"   {values}")
-        for k, v in point_dict(p)["params"].items():
+        click.echo("   " + "  ".join(f"{k} = {v:.4f}" for k, v in d["objectives"].items()))
+        for k, v in d["params"].items():
             click.echo(f"   {k} = {v}")
         click.echo(f"   model: {p.model_uri or '(not registered)'}")
 

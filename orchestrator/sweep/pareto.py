@@ -64,8 +64,7 @@ def sweep_points(client, experiment_id: str, sweep: str | None, objectives: dict
                  finished_only: bool = False) -> tuple[list[Point], list[Point]]:
     """(every trial with a point, the front sorted by the objectives in order, numbered from 1). `sweep` None:
     every sweep of the experiment."""
-    filt = f"tags.`{tracking.KIND_TAG}` = 'trial'" + (f" and tags.`{tracking.SWEEP_TAG}` = '{sweep}'" if sweep else "")
-    runs = client.search_runs([experiment_id], filt, max_results=10_000)
+    runs = tracking.sweep_trial_runs(client, experiment_id, sweep)
     points = [p for p in (_point_of(r, objectives, finished_only) for r in runs) if p is not None]
     modes = list(objectives.values())
     front = [points[i] for i in pareto_front([list(p.values.values()) for p in points], modes)]

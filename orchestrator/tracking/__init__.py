@@ -213,10 +213,11 @@ def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str) ->
     return runs[0].info.run_id if runs else None
 
 
-def sweep_trial_runs(client: MlflowClient, experiment_id: str, sweep: str, order_by: list[str] | None = None):
-    """Every child run of one sweep (deleted runs excluded)."""
-    return client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'trial' and tags.`{SWEEP_TAG}` = '{sweep}'",
-                              order_by=order_by, max_results=10_000)
+def sweep_trial_runs(client: MlflowClient, experiment_id: str, sweep: str | None,
+                     order_by: list[str] | None = None):
+    """Every child run of one sweep, or (sweep None) of every sweep of the experiment; deleted runs excluded."""
+    filt = f"tags.`{KIND_TAG}` = 'trial'" + (f" and tags.`{SWEEP_TAG}` = '{sweep}'" if sweep else "")
+    return client.search_runs([experiment_id], filt, order_by=order_by, max_results=10_000)
 
 
 def find_trial_run(client: MlflowClient, experiment_id: str, sweep_name: str, trial_id: str) -> str | None:
@@ -324,11 +325,8 @@ def best_trials(client: MlflowClient, experiment_id: str, metric: str, sweep: st
     """The best trials by the summary metric `<metric>_best` (search_runs sorts by the last value logged).
     Failed, lost and untrained trials are never among them; `finished_only` also leaves out running ones."""
     summary = f"{metric}_best"
-    filt = f"tags.`{KIND_TAG}` = 'trial'"
-    if sweep:
-        filt += f" and tags.`{SWEEP_TAG}` = '{sweep}'"
     order = "ASC" if mode == "min" else "DESC"
-    runs = client.search_runs([experiment_id], filt, order_by=[f"metrics.`{summary}` {order}"], max_results=10_000)
+    runs = sweep_trial_runs(client, experiment_id, sweep, order_by=[f"metrics.`{summary}` {order}"])
     out = []
     for r in runs:
         if not is_candidate(r, metric, finished_only):
