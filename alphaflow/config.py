@@ -143,9 +143,11 @@ class TrainConfig(_Section):
     batch_size: Int = Field(64, ge=1)   # global; each rank gets batch_size // world_size
     # auto: bf16 autocast where the device multiplies bf16 natively (CUDA sm80+, CPUs with AMX), else fp32
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
-    # fast: fused CPU GELU, the alpha = 0 JVP as a tangent pass, fused Adam, one host sync per step
-    # (docs/internals.md#the-fast-step); reference: the eager path it is measured against, same numbers to 1e-5
-    kernels: Literal["fast", "reference"] = "fast"
+    # fast: explicit CPU attention, the alpha = 0 JVP as a tangent pass, fused Adam, one host sync per step
+    # (docs/internals.md#the-fast-step); fused: fast plus the compiled CPU GELU (a few seconds of compiling per
+    # process for ~2% of a step: for runs of hours); reference: the eager path both are measured against, same
+    # numbers to 1e-5
+    kernels: Literal["fast", "fused", "reference"] = "fast"
     diagnostics_every: Int = Field(0, ge=0)
     model: ModelConfig = Field(default_factory=ModelConfig)
     alpha: ScheduleConfig = Field(default_factory=ScheduleConfig)

@@ -89,6 +89,11 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return _GeluTanh.apply(x)
 
 
+def gelu_tanh_tangent_eager(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """GELU'(x) dx by the same formula, eager (a model without the fused GELU: nothing to compile)."""
+    return _gelu_grad(x, dx.to(x.dtype))
+
+
 def gelu_tanh_tangent(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
     """GELU'(x) dx (tanh approximation): the tangent of GELU at x along dx, the same kernel as its gradient."""
     if x.device.type != "cpu":

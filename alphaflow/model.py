@@ -118,13 +118,13 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, width: int, heads: int, fast: bool = False):
+    def __init__(self, width: int, heads: int, fast: bool = False, fused_gelu: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
         self.attn = Attention(width, heads)
         self.norm2 = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
         self.attn.math_on_cpu = fast
-        gelu = TanhGELU() if fast else nn.GELU(approximate="tanh")
+        gelu = TanhGELU() if fused_gelu else nn.GELU(approximate="tanh")
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), gelu, nn.Linear(4 * width, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
@@ -151,10 +151,12 @@ class DiT(nn.Module):
 
     guidance_conditioned: the network also takes g (B, 3) = (omega, t_min, t_max), the guidance scale and interval
     it should realise (Improved MeanFlow's guidance as a condition), embedded like a time and added to the adaLN
-    condition; g = None means no guidance (omega 1 over [0, 1]). fast: the CPU-fused GELU (same function)."""
+    condition; g = None means no guidance (omega 1 over [0, 1]). fast: explicit attention on CPU; fused_gelu: the
+    CPU-fused GELU (the same function; kernels: fused)."""
 
     def __init__(self, in_channels: int, image_size: tuple[int, int], num_classes: int, patch: int,
-                 depth: int, width: int, heads: int, guidance_conditioned: bool = False, fast: bool = False):
+                 depth: int, width: int, heads: int, guidance_conditioned: bool = False, fast: bool = False,
+                 fused_gelu: bool = False):
         super().__init__()
         h, w = image_size
         if h % patch or w % patch:
@@ -167,7 +169,7 @@ class DiT(nn.Module):
         self.dt_embed = TimeEmbedder(width)          # embeds t - r
         self.y_embed = nn.Embedding(num_classes + 1, width)   # last row: the null class
         self.g_embed = TimeEmbedder(width, scalars=3) if guidance_conditioned else None
-        self.blocks = nn.ModuleList(DiTBlock(width, heads, fast) for _ in range(depth))
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, fast, fused_gelu) for _ in range(depth))
         self.final = FinalLayer(width, patch, in_channels)
         self._init_weights()
 
@@ -241,11 +243,11 @@ def math_attention(model: nn.Module) -> Iterator[None]:
 
 
 def build_model(model_cfg, in_channels: int, image_size: int | tuple[int, int], num_classes: int,
-                fast: bool = False, guidance_conditioned: bool = False) -> DiT:
+                fast: bool = False, guidance_conditioned: bool = False, fused_gelu: bool = False) -> DiT:
     """A DiT of `model_cfg.size` with patch `model_cfg.patch_size` for images (in_channels, *image_size)."""
     if model_cfg.size not in MODEL_SIZES:
         raise ValueError(f"model.size: unknown size {model_cfg.size!r}; known: {', '.join(MODEL_SIZES)}")
     depth, width, heads = MODEL_SIZES[model_cfg.size]
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     return DiT(in_channels, size, num_classes, model_cfg.patch_size, depth, width, heads,
-               guidance_conditioned=guidance_conditioned, fast=fast)
+               guidance_conditioned=guidance_conditioned, fast=fast, fused_gelu=fused_gelu)

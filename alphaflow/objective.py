@@ -179,7 +179,7 @@ def alpha_flow_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, alpha
     traj_idx = traj.nonzero().squeeze(1)
 
     u, target = predict_and_target(model, z_t, r, t, y, v_cfg, traj_idx, alpha, float(cfg.loss.clip),
-                                   bool(cfg.loss.clip_alpha1), fast=cfg.kernels == "fast")
+                                   bool(cfg.loss.clip_alpha1), fast=cfg.kernels != "reference")
 
     per_row = _per_row((u - target) ** 2, cfg.loss.reduce)
     n = torch.ones(b, dtype=dtype, device=dev)
@@ -229,7 +229,7 @@ def _imf_loss(model, z_t, r, t, y, v, v_cfg, fm_mask, keep, cfg, num_classes, ge
     from alphaflow.imf import imf_predict_and_target, imf_row_losses
 
     parts = imf_predict_and_target(model, z_t, r, t, y, v, v_cfg, fm_mask, keep, cfg, num_classes, generator,
-                                   fast=cfg.kernels == "fast")
+                                   fast=cfg.kernels != "reference")
     per_row, w = imf_row_losses(parts, cfg, _per_row)
     loss = (w.detach() * per_row).mean()
     b = z_t.shape[0]

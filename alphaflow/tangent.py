@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from alphaflow.fast_ops import gelu_tanh_tangent
-from alphaflow.model import DiT, FREQ_DIM, guidance_features, no_guidance, timestep_features
+from alphaflow.fast_ops import gelu_tanh_tangent, gelu_tanh_tangent_eager
+from alphaflow.model import DiT, FREQ_DIM, TanhGELU, guidance_features, no_guidance, timestep_features
 
 
 def supports(model: nn.Module) -> bool:
@@ -118,7 +118,8 @@ def _mlp(mlp, x, dx):
     out = fc2(a)
     with torch.no_grad():
         n = dx.shape[0]
-        dout = _linear(fc2, gelu_tanh_tangent(h[:n].detach(), _linear(fc1, dx)))
+        tangent = gelu_tanh_tangent if isinstance(mlp[1], TanhGELU) else gelu_tanh_tangent_eager
+        dout = _linear(fc2, tangent(h[:n].detach(), _linear(fc1, dx)))
     return out, dout
 
 

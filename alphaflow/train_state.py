@@ -78,7 +78,8 @@ class TrainState:
         with torch.random.fork_rng(devices=[]):   # initial weights from cfg.seed, caller's RNG untouched
             torch.manual_seed(cfg.seed)
             self.model = build_model(cfg.model, self.image_shape[0], self.image_shape[1:], self.num_classes,
-                                     fast=cfg.kernels == "fast", guidance_conditioned=cfg.guidance.conditioned)
+                                     fast=cfg.kernels != "reference", fused_gelu=cfg.kernels == "fused",
+                                     guidance_conditioned=cfg.guidance.conditioned)
         self.model.to(self.device)
         if self.distributed:
             with torch.no_grad():
@@ -88,7 +89,7 @@ class TrainState:
         o = cfg.optim
         # fused: one kernel over all parameters (CPU and CUDA) instead of a loop of small ops per tensor
         self.optimizer = torch.optim.Adam(self.params, lr=o.lr, betas=(o.beta1, o.beta2),
-                                          weight_decay=o.weight_decay, fused=cfg.kernels == "fast")
+                                          weight_decay=o.weight_decay, fused=cfg.kernels != "reference")
         self.ema = EMA(self.model, [cfg.ema.half_life, *cfg.ema.extra_half_lives], ramp=cfg.ema.ramp)
         self.step = 0
 

@@ -101,12 +101,13 @@ class EarlyStoppingSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    # grid: every combination of the space's choices once (Optuna's GridSampler), no early stopping
-    algorithm: Literal["optuna-tpe", "random", "grid"] = "optuna-tpe"
+    # grid: every combination of the space's choices once (Optuna's GridSampler), no early stopping;
+    # optuna-gp: Optuna's Gaussian-process sampler (best on a few continuous parameters, as the main space)
+    algorithm: Literal["optuna-tpe", "optuna-gp", "random", "grid"] = "optuna-tpe"
     seed: int = 0
     num_trials: int = Field(4, ge=1)
     max_concurrent: int = Field(2, ge=1)
-    startup_trials: int | None = Field(None, ge=1, description="random trials before TPE models the results; "
+    startup_trials: int | None = Field(None, ge=1, description="random trials before TPE (or GP) models the results; "
                                        "default min(10, max(2, num_trials // 4))")
     metric: Literal["fid1", "fid2"] = "fid1"
     mode: Literal["min", "max"] = "min"

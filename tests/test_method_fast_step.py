@@ -46,10 +46,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-@pytest.mark.parametrize("guidance", [False, True])
-def test_tangent_pass_matches_forward_mode_ad(guidance):
+@pytest.mark.parametrize("guidance,fused_gelu", [(False, False), (True, False), (False, True)])
+def test_tangent_pass_matches_forward_mode_ad(guidance, fused_gelu):
     torch.manual_seed(0)
-    model = _randomised(DiT(1, (8, 8), 10, 2, 2, 64, 2, guidance_conditioned=guidance, fast=True))
+    model = _randomised(DiT(1, (8, 8), 10, 2, 2, 64, 2, guidance_conditioned=guidance, fast=True,
+                            fused_gelu=fused_gelu))
     x, r, t, y = _inputs(6)
     n = 4
     g = torch.stack([1 + 3 * torch.rand(6), 0.5 * torch.rand(6), 0.5 + 0.5 * torch.rand(6)], 1) if guidance else None
@@ -100,7 +101,8 @@ def _config(alpha: float, kernels: str, precision: str = "fp32", **extra):
 def _loss_and_grads(alpha: float, kernels: str, precision: str = "fp32"):
     cfg = _config(alpha, kernels, precision)
     torch.manual_seed(0)
-    model = _randomised(build_model(cfg.model, 1, (8, 8), 10, fast=kernels == "fast"))
+    model = _randomised(build_model(cfg.model, 1, (8, 8), 10, fast=kernels != "reference",
+                                    fused_gelu=kernels == "fused"))
     x, _, _, y = _inputs(16, seed=3)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
     with ctx:
@@ -112,10 +114,11 @@ def _loss_and_grads(alpha: float, kernels: str, precision: str = "fp32"):
     return float(loss), parts, flat
 
 
+@pytest.mark.parametrize("kernels", ["fast", "fused"])
 @pytest.mark.parametrize("alpha", [1.0, 0.5, 0.0])
-def test_fast_fp32_step_equals_reference(alpha):
+def test_fast_fp32_step_equals_reference(alpha, kernels):
     loss_ref, parts_ref, g_ref = _loss_and_grads(alpha, "reference")
-    loss_fast, parts_fast, g_fast = _loss_and_grads(alpha, "fast")
+    loss_fast, parts_fast, g_fast = _loss_and_grads(alpha, kernels)
     assert abs(loss_fast - loss_ref) <= 1e-5 * abs(loss_ref)
     assert _rel(parts_fast["target"], parts_ref["target"]) <= 1e-5
     assert _rel(parts_fast["u"], parts_ref["u"]) <= 1e-5
@@ -154,4 +157,17 @@ def test_precision_auto_resolves_per_device():
 
 def test_fast_model_keeps_checkpoint_keys():
     cfg = ModelConfig(size="micro", patch_size=2)
-    assert list(build_model(cfg, 1, 8, 10, fast=True).state_dict()) == list(build_model(cfg, 1, 8, 10).state_dict())
+    keys = list(build_model(cfg, 1, 8, 10).state_dict())
+    assert list(build_model(cfg, 1, 8, 10, fast=True).state_dict()) == keys
+    assert list(build_model(cfg, 1, 8, 10, fast=True, fused_gelu=True).state_dict()) == keys
+
+
+def test_only_kernels_fused_compiles_the_gelu():
+    """kernels: fast leaves GELU to ATen (nothing compiled per process); kernels: fused uses the compiled one."""
+    from alphaflow.model import TanhGELU
+
+    def gelus(kernels):
+        tr = TrainState(_config(1.0, kernels), SHAPE, 10)
+        return {type(m).__name__ for m in tr.model.modules() if isinstance(m, (TanhGELU, torch.nn.GELU))}
+
+    assert gelus("fast") == {"GELU"} and gelus("reference") == {"GELU"} and gelus("fused") == {"TanhGELU"}

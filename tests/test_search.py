@@ -90,3 +90,29 @@ def test_tpe_starts_modelling_early_in_small_sweeps():
     assert startup_trials(small) == 2 and make_sampler(small)._n_startup_trials == 2
     assert startup_trials(parse_spec({"name": "s", "search": {"num_trials": 200}})) == 10
     assert startup_trials(parse_spec({"name": "s", "search": {"num_trials": 8, "startup_trials": 5}})) == 5
+
+
+def test_gp_sampler_searches_the_same_space_rules():
+    """`algorithm: optuna-gp` is Optuna's GPSampler over the spec's space: ranges and `when:` conditions hold, and on
+    a smooth objective it models the results (its best beats its own random start-up trials)."""
+    import math
+
+    from orchestrator.sweep.search import make_sampler
+
+    spec = parse_spec({**SPACE, "search": {**SPACE["search"], "algorithm": "optuna-gp", "num_trials": 16}})
+    sampler = make_sampler(spec)
+    assert isinstance(sampler, optuna.samplers.GPSampler) and sampler._n_startup_trials == 4
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=sampler)
+    space = define_by_run(spec)
+
+    def objective(trial):
+        constants = space(trial)   # suggests first: trial.params holds the suggestions after it
+        p = {**trial.params, **constants}
+        assert 1e-4 <= p["optim.lr"] <= 1e-2 and p["total_steps"] in (10, 15, 20) and p["model.size"] == "micro"
+        assert ("loss.beta_k" in p) == p["loss.beta"]
+        return (math.log10(p["optim.lr"]) + 2.5) ** 2
+
+    study.optimize(objective, n_trials=16)
+    values = [t.value for t in study.trials]
+    assert min(values[4:]) < min(values[:4]) and min(values) < 0.05

@@ -122,6 +122,9 @@ def make_sampler(spec: SweepSpec):
         return optuna.samplers.RandomSampler(seed=s.seed)
     if s.algorithm == "grid":
         return TuneGridSampler(grid_of(s.space), seed=s.seed)
+    if s.algorithm == "optuna-gp":
+        # a Gaussian process over the space (parameters a `when:` leaves out are sampled at random)
+        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=startup_trials(spec))
     return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup_trials(spec))
 
 
@@ -142,8 +145,9 @@ def searcher_objective(spec: SweepSpec) -> tuple[str | list[str], str | list[str
 
 
 def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None, warm=None):
-    """Optuna through OptunaSearch: TPE (multi-objective TPE when the spec names several objectives), Optuna's
-    random sampler for `algorithm: random` (same space rules), or its grid sampler for `algorithm: grid`.
+    """Optuna through OptunaSearch: TPE (multi-objective TPE when the spec names several objectives), its GP sampler
+    for `algorithm: optuna-gp`, its random sampler for `algorithm: random` (same space rules), or its grid sampler
+    for `algorithm: grid`.
     `warm` (sweep.warm_start.WarmStart): an earlier sweep's trials copied into the study first, and its best
     configurations tried first."""
     s = spec.search
