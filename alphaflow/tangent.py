@@ -91,7 +91,7 @@ def _attention(attn, x, dx, n: int):
     qkv = attn.qkv(x).reshape(b, m, 3, h, w // h).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     scale = q.shape[-1] ** -0.5
-    if attn.explicit(x):   # the same path as the model's forward; its probabilities serve the tangent
+    if attn.explicit(x, q):   # the same path as the model's forward (its probabilities then serve the tangent)
         p_all = torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1)
         o = p_all @ v
     else:

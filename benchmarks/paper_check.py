@@ -12,6 +12,10 @@ evaluations, `fid1_best` and `fid2_best`. Only completed trials count; the other
 difference to the reference is taken seed by seed (trials at one seed share initial weights, data order and
 per-step noise seeds) and its interval is the t interval of those differences: mean +- t(0.975, n - 1) sd /
 sqrt(n). An ordering holds when that interval excludes 0. Without --sweep: the experiment's latest sweep.
+
+Also printed, for a built-in data set: the per-class Gaussian baseline at the trials' N, extractor and reference
+statistics (N draws, balanced over the classes, from a Gaussian fitted to each class's training pixels): a model
+that does not beat it has learned no more than each class's mean and covariance.
 """
 
 from __future__ import annotations
@@ -167,6 +171,30 @@ def ordering_line(row: MethodRow, reference: str) -> str:
     return f"{row.method} vs {reference} ({row.to_reference['fid1'].n} paired seeds): " + "; ".join(parts)
 
 
+def class_gaussian_baseline(manifest_url: str, n: int, extractor_id: str, seed: int = 0) -> float | None:
+    """FID-N of the per-class Gaussian against the sweep data's reference statistics; None for a data set that is
+    not built in (its training images are not at hand)."""
+    import numpy as np
+
+    from alphaflow.data import read_manifest
+    from alphaflow.data.sources import BUILTIN_DATASETS, load_builtin
+    from alphaflow.metrics import ReferenceStats, frechet_distance, gaussian_stats, load_extractor
+    from alphaflow.metrics.calibration import class_gaussian_sample
+
+    manifest = read_manifest(manifest_url)
+    base = manifest.dataset_id.split(":")[0]
+    if base not in BUILTIN_DATASETS:
+        return None
+    images, labels = load_builtin(base, "train")
+    classes, i = len(np.unique(labels)), np.arange(n)
+    per_class = -(-n // classes)
+    draws, _ = class_gaussian_sample(images, labels, per_class, np.random.default_rng(seed))
+    balanced = draws[(i % classes) * per_class + i // classes]   # labels i mod classes, as the evaluation's
+    extractor, reference = load_extractor(extractor_id), ReferenceStats.load(manifest.fid_reference)
+    mu, sigma = gaussian_stats(extractor.features(balanced))
+    return float(frechet_distance(mu, sigma, reference.mu, reference.sigma))
+
+
 def _fail(message: str) -> None:
     print(f"paper_check: error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -215,6 +243,11 @@ def main(argv: list[str] | None = None) -> list[MethodRow]:
             print(ordering_line(row, args.reference))
     for why in left_out:
         print(f"left out: {why}")
+    n, extractor_id = first.get(tracking.EVAL_N_PARAM), first.get(tracking.EXTRACTOR_PARAM)
+    if params.get("manifest") and n and extractor_id:
+        base = class_gaussian_baseline(params["manifest"], int(n), extractor_id)
+        if base is not None:
+            print(f"per-class Gaussian baseline ({params.get('dataset', '?')}, FID-{n}, {extractor_id}): {base:.2f}")
     untrained = [s.run_name for s in scores if s.untrained_best]
     if untrained:
         print(f"note: {len(untrained)} trial(s) scored best untrained (fid1 best at step 0), trained too briefly "

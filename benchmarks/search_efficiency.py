@@ -1,75 +1,154 @@
-"""Optuna TPE + ASHA against random search without early stopping, on the same space and budget of trials:
-how many trials each needs before its best fid1 is within 10% of the best fid1 either found, and the training
-steps each spent.
+"""Search efficiency on the main search space (sweeps/curriculum.yaml's): Optuna TPE + curriculum-aware ASHA,
+Optuna's GP sampler + ASHA, and random search without early stopping, each repeated with different seeds. Per
+search: trials and CPU-seconds until its best fid1 is within 10% of the best fid1 any search found, with the spread
+over repetitions.
 
-    python benchmarks/search_efficiency.py [--trials 8] [--steps 200] [--run-dir DIR]
+    .venv/bin/python benchmarks/search_efficiency.py [--trials 24] [--reps 3] [--steps 400] [--eval-every 100]
+        [--dataset digits] [--searches tpe-asha,gp-asha,random] [--run-dir DIR] [--report]
+
+Every search is a real sweep (Ray Tune, Optuna, Ray Train, MLflow) of the main spec with only the data set, the
+trial length, the algorithm, the scheduler, the seed and the trial count changed; its trials are read back from
+MLflow. The default data set is sklearn digits at patch 2 (16 tokens), where a trial learns in a few hundred steps;
+`--dataset fashion-mnist` runs the main spec's own data (about 4x the time). Each trial is scored as the search
+was told (its best fid1 over its evaluations, orchestrator/objectives.py); its cost is the CPU-seconds its workers
+logged (`cpu_s`). "Trials to target" counts trials in the order they started. `--report` prints the table again
+from the run dir's store without running anything (a cut-off run reports the sweeps it finished).
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
-SPEC = """
-name: {name}
-data: {{manifest: {manifest}}}
-base:
-  preset: tiny-cpu
-  overrides: {{total_steps: {steps}}}
-train: {{workers: 2, eval_every: {eval_every}, eval_samples: 500}}
-search:
-  algorithm: {algorithm}
-  seed: 0
-  num_trials: {trials}
-  max_concurrent: 2
-  space:
-    alpha.k_s: {{type: uniform, low: 0.0, high: 0.3}}
-    alpha.k_e: {{type: uniform, low: 0.4, high: 0.6}}
-    alpha.gamma: {{type: loguniform, low: 5.0, high: 50.0}}
-    ratio_fm.start: {{type: uniform, low: 0.25, high: 0.75}}
-    optim.lr: {{type: loguniform, low: 1.0e-4, high: 1.0e-2}}
-  early_stopping: {{scheduler: {scheduler}}}
-"""
+import yaml
+
+MAIN_SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "curriculum.yaml"
+SEARCHES = {   # label -> (search.algorithm, early_stopping.scheduler)
+    "tpe-asha": ("optuna-tpe", "asha"),
+    "gp-asha": ("optuna-gp", "asha"),
+    "random": ("random", "none"),
+}
+PATCH = {"digits": 2, "fashion-mnist": 4}
 
 
-def trial_history(client, experiment_id: str, sweep: str) -> list[tuple[float, float]]:
-    """(fid1_best, last step) of each trial, in the order the trials started."""
-    runs = client.search_runs([experiment_id], f"tags.`afsweep.sweep` = '{sweep}' and tags.`afsweep.kind` = 'trial'",
-                              order_by=["attributes.start_time ASC"])
-    return [(r.data.metrics.get("fid1_best", float("inf")), r.data.metrics.get("step", 0.0)) for r in runs]
+def spec_text(label: str, rep: int, args) -> str:
+    """The main spec with this search's algorithm, scheduler and seed, at the benchmark's data and length."""
+    spec = yaml.safe_load(MAIN_SPEC.read_text())
+    algorithm, scheduler = SEARCHES[label]
+    spec["name"] = f"search-{label}-rep{rep}"
+    spec["data"] = {"dataset": args.dataset}
+    spec["base"]["overrides"] = {"total_steps": args.steps, "model.patch_size": PATCH[args.dataset]}
+    spec["train"] = {"workers": 1, "eval_every": args.eval_every, "eval_samples": 500}
+    search = spec["search"]
+    search.update(algorithm=algorithm, seed=rep, num_trials=args.trials, max_concurrent=2)
+    search["early_stopping"] = {**search.get("early_stopping", {}), "scheduler": scheduler}
+    if scheduler == "none":
+        search["early_stopping"].pop("reduction_factor", None)
+    return yaml.safe_dump(spec, sort_keys=False)
 
 
-def trials_to_reach(history: list[tuple[float, float]], target: float) -> int | None:
-    best = float("inf")
-    for i, (fid, _) in enumerate(history, 1):
-        best = min(best, fid)
+@dataclass
+class Trial:
+    fid1: float      # the told value: best fid1 over its evaluations
+    cpu_s: float
+    steps: float
+
+
+def sweep_trials(client, experiment_id: str, sweep: str) -> list[Trial]:
+    from orchestrator import tracking
+
+    runs = tracking.sweep_trial_runs(client, experiment_id, sweep, order_by=["attributes.start_time ASC"])
+    return [Trial(r.data.metrics.get("fid1_best", float("inf")), r.data.metrics.get("cpu_s", 0.0),
+                  r.data.metrics.get("step", 0.0)) for r in runs]
+
+
+def to_target(trials: list[Trial], target: float) -> tuple[int | None, float | None]:
+    """(trials, CPU-seconds) spent until the best so far is <= target, in start order; None if never."""
+    best, cpu = float("inf"), 0.0
+    for i, t in enumerate(trials, 1):
+        best, cpu = min(best, t.fid1), cpu + t.cpu_s
         if best <= target:
-            return i
-    return None
+            return i, cpu
+    return None, None
 
 
-def main() -> None:
-    from bench_sweep import run_sweep, sweep_args   # beside this file (python benchmarks/...)
+def _spread(values: list[float | None], fmt: str) -> str:
+    got = [v for v in values if v is not None]
+    missed = len(values) - len(got)
+    if not got:
+        return "never"
+    cell = format(statistics.mean(got), fmt) + (f" +- {format(statistics.stdev(got), fmt)}" if len(got) > 1 else "")
+    return cell + (f" ({missed} never)" if missed else "")
 
-    args, run_dir, manifest = sweep_args(trials=8, steps=200, eval_every=50, prefix="afsweep-search-")
-    results = {}
-    for label, algorithm, scheduler in (("optuna-tpe + asha", "optuna-tpe", "asha"), ("random", "random", "none")):
-        run = run_sweep(run_dir, algorithm, SPEC.format(name=algorithm, manifest=manifest, steps=args.steps,
-                                                        eval_every=args.eval_every, algorithm=algorithm,
-                                                        trials=args.trials, scheduler=scheduler))
-        results[label] = (trial_history(run.client, run.experiment_id, run.outcome.sweep_name), run.wall_s,
-                          run.outcome.pruned)
 
-    best = min(f for hist, _, _ in results.values() for f, _ in hist)
+def report(results: dict[str, list[list[Trial]]]) -> list[str]:
+    """The table: per search, the mean +- std over repetitions (and each repetition's count)."""
+    best = min(t.fid1 for reps in results.values() for trials in reps for t in trials)
     target = 1.1 * best
-    print(f"\n{args.trials} trials x {args.steps} steps each; best fid1 found by either: {best:.2f}; "
-          f"target (within 10%): {target:.2f}")
-    print(f"| {'search':<18} | {'best fid1':>9} | {'trials to target':>16} | {'steps spent':>11} | "
-          f"{'stopped early':>13} | {'wall s':>7} |")
-    print(f"|{'-' * 20}|{'-' * 11}|{'-' * 18}|{'-' * 13}|{'-' * 15}|{'-' * 9}|")
-    for label, (hist, wall, pruned) in results.items():
-        reached = trials_to_reach(hist, target)
-        print(f"| {label:<18} | {min(f for f, _ in hist):>9.2f} | {str(reached or 'never'):>16} | "
-              f"{int(sum(s for _, s in hist)):>11} | {pruned:>13} | {wall:>7.0f} |")
+    lines = [f"best fid1 any search found: {best:.2f}; target (within 10%): {target:.2f}",
+             "| search | reps | trials each | best fid1 | trials to target (per rep) | CPU-s to target | "
+             "trials stopped early | CPU-s per search |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, reps in results.items():
+        reached = [to_target(trials, target) for trials in reps]
+        per_rep = ", ".join(str(n) if n is not None else "never" for n, _ in reached)
+        stopped = [sum(t.steps < max(x.steps for x in trials) for t in trials) for trials in reps]
+        lines.append(
+            f"| {label} | {len(reps)} | {_spread([len(t) for t in reps], '.0f')} "
+            f"| {_spread([min(t.fid1 for t in trials) for trials in reps], '.2f')} "
+            f"| {_spread([n for n, _ in reached], '.1f')} ({per_rep}) | {_spread([c for _, c in reached], '.0f')} "
+            f"| {_spread(stopped, '.1f')} | {_spread([sum(t.cpu_s for t in trials) for trials in reps], '.0f')} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[list[Trial]]]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--dataset", choices=sorted(PATCH), default="digits")
+    ap.add_argument("--searches", default=",".join(SEARCHES), help=f"comma-separated, of {', '.join(SEARCHES)}")
+    ap.add_argument("--run-dir", type=Path, default=None)
+    ap.add_argument("--report", action="store_true", help="only print the table of the sweeps the run dir has")
+    args = ap.parse_args(argv)
+    labels = [s for s in args.searches.split(",") if s]
+    unknown = [s for s in labels if s not in SEARCHES]
+    if unknown:
+        ap.error(f"unknown search {unknown[0]!r} (known: {', '.join(SEARCHES)})")
+
+    from bench_sweep import run_sweep   # beside this file (python benchmarks/...)
+    from orchestrator import tracking
+
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="afsweep-search-"))
+    results: dict[str, list[list[Trial]]] = {label: [] for label in labels}
+    for rep in range(args.reps):
+        for label in labels:
+            name = f"search-{label}-rep{rep}"
+            if args.report:
+                client = tracking.client_for(tracking.resolve_tracking_uri(None, run_dir), existing=True)
+                exp = client.get_experiment_by_name("afsweep")
+                names = [] if exp is None else tracking.sweep_names(client, exp.experiment_id, most=1000)
+                sweeps = [n for n in names if n.startswith(f"{name}-")]   # newest first
+                if sweeps:
+                    results[label].append(sweep_trials(client, exp.experiment_id, sweeps[0]))
+                continue
+            run = run_sweep(run_dir, name, spec_text(label, rep, args))
+            results[label].append(sweep_trials(run.client, run.experiment_id, run.outcome.sweep_name))
+            print(f"{name}: {len(results[label][-1])} trials, {run.wall_s:.0f} s wall", flush=True)
+    results = {k: v for k, v in results.items() if v}
+    if not results:
+        print(f"search_efficiency: no finished sweeps under {run_dir}", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"\n{args.dataset}, {args.steps} steps per trial, run dir {run_dir}")
+    for line in report(results):
+        print(line)
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

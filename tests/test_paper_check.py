@@ -114,3 +114,31 @@ def test_no_store_is_one_line(tmp_path, capsys):
         paper_check.main(["--run-dir", str(tmp_path / "none")])
     err = capsys.readouterr().err.strip()
     assert err.startswith("paper_check: error: ") and "no run dir there" in err and "\n" not in err
+
+
+def test_class_gaussian_baseline_sits_between_real_images_and_noise(tmp_path):
+    """The baseline the read-back prints: N balanced draws of each class's Gaussian score worse than N real training
+    images and better than N images of noise, against the same reference statistics (digits, digits-cnn)."""
+    import numpy as np
+
+    from alphaflow.data import prepare_builtin, read_manifest
+    from alphaflow.data.sources import load_builtin
+    from alphaflow.metrics import ReferenceStats, frechet_distance, gaussian_stats, load_extractor
+    from alphaflow.metrics.calibration import class_gaussian_sample
+
+    images, labels = load_builtin("digits", "train")
+    draws, draw_labels = class_gaussian_sample(images, labels, 50, np.random.default_rng(0))
+    assert draws.shape == (500, 1, 8, 8) and draws.dtype == np.uint8 and np.bincount(draw_labels).tolist() == [50] * 10
+    for c in (0, 7):   # each class's own mean, within sampling error
+        assert abs(draws[draw_labels == c].mean() - images[labels == c].mean()) < 6
+
+    url = prepare_builtin("digits", str(tmp_path / "digits"))
+    base = paper_check.class_gaussian_baseline(url, 500, "digits-cnn")
+    extractor, ref = load_extractor("digits-cnn"), ReferenceStats.load(read_manifest(url).fid_reference)
+
+    def fid(x):
+        mu, sigma = gaussian_stats(extractor.features(x))
+        return frechet_distance(mu, sigma, ref.mu, ref.sigma)
+
+    noise = np.random.default_rng(1).integers(0, 256, (500, 1, 8, 8)).astype(np.uint8)
+    assert fid(images[:500]) < base < fid(noise)

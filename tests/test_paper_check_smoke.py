@@ -48,6 +48,8 @@ def test_paper_check_grid_sweep_reads_back(fashion_manifest, tmp_path, capsys):
     assert "reference" in table[1] and "nan" not in "".join(table)
     assert "alphaflow vs meanflow (2 paired seeds): fid1 " in out
     assert "4 completed trials of 4, 4 steps each" in out and "left out" not in out
+    (base,) = [ln for ln in out.splitlines() if ln.startswith("per-class Gaussian baseline (fashion-mnist")]
+    assert "FID-100, fashion-mnist-cnn): " in base and 0 < float(base.rsplit(" ", 1)[1]) < 1000
     # the grid's trials are ordinary sweep trials: best names their method and seed, status counts them
     best = CliRunner().invoke(main, ["best", "--json", "--run-dir", str(run_dir)])
     assert best.exit_code == 0, best.output

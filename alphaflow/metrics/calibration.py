@@ -40,6 +40,20 @@ def class_gaussian(images: np.ndarray, labels: np.ndarray, rng: np.random.Genera
     return out
 
 
+def class_gaussian_sample(images: np.ndarray, labels: np.ndarray, per_class: int,
+                          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`per_class` draws for each class from a Gaussian fitted to all of that class's pixels (the per-class Gaussian
+    baseline at a chosen N): (uint8 images, labels)."""
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    out, out_labels = [], []
+    for c in np.unique(labels):
+        rows = flat[labels == c]
+        draw = rng.multivariate_normal(rows.mean(0), np.cov(rows, rowvar=False), size=per_class, method="eigh")
+        out.append(np.clip(draw, 0, 255).round().astype(np.uint8).reshape((per_class, *images.shape[1:])))
+        out_labels.append(np.full(per_class, c, dtype=labels.dtype))
+    return np.concatenate(out), np.concatenate(out_labels)
+
+
 def calibration_table(extractor, reference, images: np.ndarray, labels: np.ndarray, seed: int = 0,
                       noise_std: float = 50.0, blur_sigma: float = 1.0, with_class_gaussian: bool = True,
                       batch_size: int = 500) -> dict[str, float]:
