@@ -4,7 +4,7 @@ search: trials and CPU-seconds until its best fid1 is within 10% of the best fid
 over repetitions.
 
     .venv/bin/python benchmarks/search_efficiency.py [--trials 24] [--reps 3] [--steps 400] [--eval-every 100]
-        [--dataset digits] [--searches tpe-asha,gp-asha,random] [--run-dir DIR] [--report]
+        [--dataset digits] [--searches tpe-asha,gp-asha,random] [--warm-start 12] [--run-dir DIR] [--report]
 
 Every search is a real sweep (Ray Tune, Optuna, Ray Train, MLflow) of the main spec with only the data set, the
 trial length, the algorithm, the scheduler, the seed and the trial count changed; its trials are read back from
@@ -13,6 +13,11 @@ MLflow. The default data set is sklearn digits at patch 2 (16 tokens), where a t
 was told (its best fid1 over its evaluations, orchestrator/objectives.py); its cost is the CPU-seconds its workers
 logged (`cpu_s`). "Trials to target" counts trials in the order they started. `--report` prints the table again
 from the run dir's store without running anything (a cut-off run reports the sweeps it finished).
+
+`--warm-start N`: after the repetitions, one more TPE + ASHA sweep of N trials (seed 100) warm-started from the
+first TPE repetition (`search.warm_start`, its history only: `warm_start_top: 0`, so no earlier configuration is
+simply re-run), and how many trials it needs to reach that repetition's best (within 10%) against how many the
+repetition itself needed.
 """
 
 from __future__ import annotations
@@ -35,16 +40,19 @@ SEARCHES = {   # label -> (search.algorithm, early_stopping.scheduler)
 PATCH = {"digits": 2, "fashion-mnist": 4}
 
 
-def spec_text(label: str, rep: int, args) -> str:
+def spec_text(label: str, rep: int, args, name: str | None = None, trials: int | None = None,
+              warm_start: str | None = None) -> str:
     """The main spec with this search's algorithm, scheduler and seed, at the benchmark's data and length."""
     spec = yaml.safe_load(MAIN_SPEC.read_text())
     algorithm, scheduler = SEARCHES[label]
-    spec["name"] = f"search-{label}-rep{rep}"
+    spec["name"] = name or f"search-{label}-rep{rep}"
     spec["data"] = {"dataset": args.dataset}
     spec["base"]["overrides"] = {"total_steps": args.steps, "model.patch_size": PATCH[args.dataset]}
     spec["train"] = {"workers": 1, "eval_every": args.eval_every, "eval_samples": 500}
     search = spec["search"]
-    search.update(algorithm=algorithm, seed=rep, num_trials=args.trials, max_concurrent=2)
+    search.update(algorithm=algorithm, seed=rep, num_trials=trials or args.trials, max_concurrent=2)
+    if warm_start:
+        search.update(warm_start=warm_start, warm_start_top=0)
     search["early_stopping"] = {**search.get("early_stopping", {}), "scheduler": scheduler}
     if scheduler == "none":
         search["early_stopping"].pop("reduction_factor", None)
@@ -105,6 +113,17 @@ def report(results: dict[str, list[list[Trial]]]) -> list[str]:
     return lines
 
 
+def warm_start_lines(earlier: list[Trial], warm: list[Trial], earlier_name: str) -> list[str]:
+    """Trials each needed to come within 10% of the earlier sweep's best."""
+    best = min(t.fid1 for t in earlier)
+    target = 1.1 * best
+    (n_earlier, cpu_earlier), (n_warm, cpu_warm) = to_target(earlier, target), to_target(warm, target)
+    fmt = lambda n, c: "never" if n is None else f"{n} trials ({c:.0f} CPU-s)"   # noqa: E731
+    return [f"warm start from {earlier_name} (best fid1 {best:.2f}, target {target:.2f}): the warm-started sweep "
+            f"reached it in {fmt(n_warm, cpu_warm)} of {len(warm)}, best {min(t.fid1 for t in warm):.2f}; "
+            f"{earlier_name} itself needed {fmt(n_earlier, cpu_earlier)}"]
+
+
 def main(argv: list[str] | None = None) -> dict[str, list[list[Trial]]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=24)
@@ -113,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[list[Trial]]]:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--dataset", choices=sorted(PATCH), default="digits")
     ap.add_argument("--searches", default=",".join(SEARCHES), help=f"comma-separated, of {', '.join(SEARCHES)}")
+    ap.add_argument("--warm-start", type=int, default=0, metavar="N",
+                    help="then a warm-started TPE + ASHA sweep of N trials from the first TPE repetition")
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--report", action="store_true", help="only print the table of the sweeps the run dir has")
     args = ap.parse_args(argv)
@@ -126,26 +147,42 @@ def main(argv: list[str] | None = None) -> dict[str, list[list[Trial]]]:
 
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="afsweep-search-"))
     results: dict[str, list[list[Trial]]] = {label: [] for label in labels}
+    finished: dict[str, str] = {}   # spec name -> the sweep's name in MLflow
+
+    def run_or_read(name: str, text: str) -> list[Trial] | None:
+        if args.report:
+            client = tracking.client_for(tracking.resolve_tracking_uri(None, run_dir), existing=True)
+            exp = client.get_experiment_by_name("afsweep")
+            names = [] if exp is None else tracking.sweep_names(client, exp.experiment_id, most=1000)
+            sweeps = [n for n in names if n.startswith(f"{name}-")]   # newest first
+            if not sweeps:
+                return None
+            finished[name] = sweeps[0]
+            return sweep_trials(client, exp.experiment_id, sweeps[0])
+        run = run_sweep(run_dir, name, text)
+        finished[name] = run.outcome.sweep_name
+        trials = sweep_trials(run.client, run.experiment_id, run.outcome.sweep_name)
+        print(f"{name}: {len(trials)} trials, {run.wall_s:.0f} s wall", flush=True)
+        return trials
+
     for rep in range(args.reps):
         for label in labels:
-            name = f"search-{label}-rep{rep}"
-            if args.report:
-                client = tracking.client_for(tracking.resolve_tracking_uri(None, run_dir), existing=True)
-                exp = client.get_experiment_by_name("afsweep")
-                names = [] if exp is None else tracking.sweep_names(client, exp.experiment_id, most=1000)
-                sweeps = [n for n in names if n.startswith(f"{name}-")]   # newest first
-                if sweeps:
-                    results[label].append(sweep_trials(client, exp.experiment_id, sweeps[0]))
-                continue
-            run = run_sweep(run_dir, name, spec_text(label, rep, args))
-            results[label].append(sweep_trials(run.client, run.experiment_id, run.outcome.sweep_name))
-            print(f"{name}: {len(results[label][-1])} trials, {run.wall_s:.0f} s wall", flush=True)
+            trials = run_or_read(f"search-{label}-rep{rep}", spec_text(label, rep, args))
+            if trials is not None:
+                results[label].append(trials)
+    warm_lines: list[str] = []
+    earlier = "search-tpe-asha-rep0"
+    if args.warm_start and earlier in finished:
+        warm = run_or_read("search-tpe-asha-warm", spec_text("tpe-asha", 100, args, name="search-tpe-asha-warm",
+                                                             trials=args.warm_start, warm_start=finished[earlier]))
+        if warm:
+            warm_lines = warm_start_lines(results["tpe-asha"][0], warm, finished[earlier])
     results = {k: v for k, v in results.items() if v}
     if not results:
         print(f"search_efficiency: no finished sweeps under {run_dir}", file=sys.stderr)
         raise SystemExit(1)
     print(f"\n{args.dataset}, {args.steps} steps per trial, run dir {run_dir}")
-    for line in report(results):
+    for line in report(results) + warm_lines:
         print(line)
     return results
 
