@@ -59,6 +59,7 @@ def bare_trial(cfg, manifest_url: str, eval_every: int, eval_samples: int) -> fl
 def main() -> None:
     from alphaflow.config import apply_overrides
     from bench_sweep import run_sweep, sweep_args   # beside this file (python benchmarks/...)
+    from orchestrator import tracking
     from orchestrator.sweep.driver import base_train_config
 
     args, run_dir, manifest = sweep_args(trials=2, steps=60, eval_every=30, prefix="afsweep-overhead-")
@@ -66,8 +67,7 @@ def main() -> None:
                                                  eval_every=args.eval_every))
     spec, outcome, client, sweep_wall = run.spec, run.outcome, run.client, run.wall_s
     exp_id = run.experiment_id
-    runs = client.search_runs([exp_id], f"tags.`afsweep.sweep` = '{outcome.sweep_name}' and "
-                                                   "tags.`afsweep.kind` = 'trial'")
+    runs = tracking.sweep_trial_runs(client, exp_id, outcome.sweep_name)
     torch.set_num_threads(2)
     rows = []
     for r in runs:
