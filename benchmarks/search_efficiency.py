@@ -12,7 +12,9 @@ MLflow. The default data set is sklearn digits at patch 2 (16 tokens), where a t
 `--dataset fashion-mnist` runs the main spec's own data (about 4x the time). Each trial is scored as the search
 was told (its best fid1 over its evaluations, orchestrator/objectives.py); its cost is the CPU-seconds its workers
 logged (`cpu_s`). "Trials to target" counts trials in the order they started. `--report` prints the table again
-from the run dir's store without running anything (a cut-off run reports the sweeps it finished).
+from the run dir's store without running anything (a cut-off run reports the sweeps it finished). Run again
+with the same --run-dir, it keeps every sweep that finished there and runs only the missing ones (so more
+repetitions, or another search, can be added later).
 
 `--warm-start N`: after the repetitions, one more TPE + ASHA sweep of N trials (seed 100) warm-started from the
 first TPE repetition (`search.warm_start`, its history only: `warm_start_top: 0`, so no earlier configuration is
@@ -149,16 +151,28 @@ def main(argv: list[str] | None = None) -> dict[str, list[list[Trial]]]:
     results: dict[str, list[list[Trial]]] = {label: [] for label in labels}
     finished: dict[str, str] = {}   # spec name -> the sweep's name in MLflow
 
+    def read(name: str) -> list[Trial] | None:
+        """The newest finished sweep of this name in the run dir's store (every trial ended), if any."""
+        uri = tracking.resolve_tracking_uri(None, run_dir)
+        if not (run_dir / "mlflow.db").exists() and uri.startswith("sqlite"):
+            return None
+        client = tracking.client_for(uri, existing=True)
+        exp = client.get_experiment_by_name("afsweep")
+        names = [] if exp is None else tracking.sweep_names(client, exp.experiment_id, most=1000)
+        for sweep in (n for n in names if n.startswith(f"{name}-")):   # newest first
+            trials = sweep_trials(client, exp.experiment_id, sweep)
+            if trials and (args.report or len(trials) == yaml.safe_load(text_of[name])["search"]["num_trials"]):
+                finished[name] = sweep
+                return trials
+        return None
+
+    text_of: dict[str, str] = {}
+
     def run_or_read(name: str, text: str) -> list[Trial] | None:
-        if args.report:
-            client = tracking.client_for(tracking.resolve_tracking_uri(None, run_dir), existing=True)
-            exp = client.get_experiment_by_name("afsweep")
-            names = [] if exp is None else tracking.sweep_names(client, exp.experiment_id, most=1000)
-            sweeps = [n for n in names if n.startswith(f"{name}-")]   # newest first
-            if not sweeps:
-                return None
-            finished[name] = sweeps[0]
-            return sweep_trials(client, exp.experiment_id, sweeps[0])
+        text_of[name] = text
+        done = read(name)   # a run dir that already has this sweep (an earlier, cut-off run) keeps it
+        if done is not None or args.report:
+            return done
         run = run_sweep(run_dir, name, text)
         finished[name] = run.outcome.sweep_name
         trials = sweep_trials(run.client, run.experiment_id, run.outcome.sweep_name)
