@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[list[Trial]]]:
     if not results:
         print(f"search_efficiency: no finished sweeps under {run_dir}", file=sys.stderr)
         raise SystemExit(1)
-    print(f"\n{args.dataset}, {args.steps} steps per trial, run dir {run_dir}")
+    # the sweeps' own length (a --report run does not know the --steps they ran with)
+    steps = max(t.steps for reps in results.values() for trials in reps for t in trials)
+    print(f"\n{args.dataset}, {steps:.0f} steps per trial, run dir {run_dir}")
     for line in report(results) + warm_lines:
         print(line)
     return results

@@ -15,7 +15,6 @@ import torch
 from click.testing import CliRunner
 
 from alphaflow.data import DataError, make_train_loader, prepare_arrays, prepare_image_folder, read_manifest
-from alphaflow.data.manifest import META_KEY
 from alphaflow.data.storage import file_sha256
 
 torch.set_num_threads(1)

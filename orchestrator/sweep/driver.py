@@ -17,7 +17,7 @@ from orchestrator.objectives import format_objectives, search_objectives
 from orchestrator.search_space import grid_of
 from orchestrator.tracking.provenance import log_dataset_input, manifest_dataset, source_tags
 from orchestrator.spec import METHOD_KEY, PRESET_KEY, SweepSpec
-from orchestrator.sweep.places import (SPEC_COPY, check_optuna_storage, check_storage, credentials_out_of_ray_env,
+from orchestrator.sweep.places import (check_optuna_storage, check_storage, credentials_out_of_ray_env,
                                        hide_secret, read_text, refuse_local_parts_on_a_cluster, resolve_places,
                                        storage_filesystem, write_text)
 from orchestrator.trial.config import SweepContext, domain_extractor, method_config

@@ -100,8 +100,6 @@ def storage_filesystem(location: str, patient: bool = True):
     every node of one cluster."""
     if not location.startswith("s3://"):
         return None, location
-    import pyarrow.fs as pafs
-
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     kwargs = {"endpoint_override": endpoint} if endpoint else {}
