@@ -1,39 +1,51 @@
-"""The cost of orchestration: a sweep's wall time against the same trials trained bare, in this process.
+"""The cost of orchestration on the main spec: a sweep's wall time against the same trials trained bare.
 
-    python benchmarks/sweep_overhead.py [--trials 2] [--steps 60] [--run-dir /tmp/afsweep-overhead]
+    .venv/bin/python benchmarks/sweep_overhead.py [--trials 4] [--steps 1000] [--run-dir DIR]
 
-Runs a sweep (Ray Tune + Optuna, Ray Train with 2 gloo workers per trial, MLflow on sqlite), then trains each of
-its trials again with the same configuration in one process (one rank at the global batch: no Ray, no MLflow, the
-same data reader, the same evaluations), and prints a table.
+Runs `sweeps/curriculum.yaml` as a user would (Ray Tune + Optuna, Ray Train with the spec's workers per trial, its
+concurrency, MLflow on sqlite, the registry), with only the trial count and length changed and ASHA off (so every
+trial trains its whole length and the bare replay below trains the same). Then it trains each trial's
+configuration again in this one process (one rank at the global batch on the machine's threads: no Ray, no MLflow,
+the same data reader and evaluations) and prints, per trial, where its time in the sweep went:
+
+- start: its MLflow run opened -> its first metric (the step-0 evaluation): Train controller and worker group,
+  imports, data, model, the untrained model's evaluation;
+- loop: the worker's own clock (`wall_s`) from its loader to its last report;
+- close: its last metric -> its run closed (the last checkpoint, the worker group's end);
+
+and for the sweep: its wall time, the trials' bare time, and the difference (Ray's start, the driver's MLflow
+bookkeeping, registering the best models, trials sharing the cores).
 """
 
 from __future__ import annotations
 
+import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+import yaml
 
-SPEC = """
-name: overhead
-data: {{manifest: {manifest}}}
-base:
-  preset: tiny-cpu
-  overrides: {{total_steps: {steps}}}
-train: {{workers: 2, eval_every: {eval_every}, eval_samples: 500}}
-search:
-  num_trials: {trials}
-  max_concurrent: 1
-  space:
-    optim.lr: {{type: loguniform, low: 5.0e-4, high: 2.0e-3}}
-  early_stopping: {{scheduler: none}}
-"""
+MAIN_SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "curriculum.yaml"
 
 
-def bare_trial(cfg, manifest_url: str, eval_every: int, eval_samples: int) -> float:
-    """Train and evaluate one configuration in this process; seconds."""
+def spec_text(trials: int, steps: int | None) -> str:
+    """The main spec, `trials` trials (of `steps` steps, if given), every trial to its end."""
+    spec = yaml.safe_load(MAIN_SPEC.read_text())
+    spec["name"] = "overhead"
+    spec["search"]["num_trials"] = trials
+    spec["search"]["early_stopping"] = {"scheduler": "none"}
+    if steps:
+        spec["base"]["overrides"]["total_steps"] = steps
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def bare_trial(cfg, manifest_url: str, extractor: str, eval_every: int, eval_samples: int) -> float:
+    """Train and evaluate one configuration in this process, as a trial does (step 0, every eval_every, the
+    end); seconds."""
     from alphaflow.data import make_train_loader, read_manifest
-    from alphaflow.evaluation import LatentDecoder
-    from alphaflow.evaluation import evaluate_generator
+    from alphaflow.evaluation import LatentDecoder, evaluate_generator
     from alphaflow.metrics import ReferenceStats, load_extractor
     from alphaflow.train_state import TrainState
 
@@ -41,7 +53,7 @@ def bare_trial(cfg, manifest_url: str, eval_every: int, eval_samples: int) -> fl
     m = read_manifest(manifest_url)
     train_state = TrainState(cfg, image_shape=tuple(m.image_shape), num_classes=m.num_classes)
     loader = iter(make_train_loader(manifest_url, batch_size=cfg.batch_size, rank=0, world_size=1, seed=cfg.seed))
-    ext, ref, decode = load_extractor("fashion-mnist-cnn"), ReferenceStats.load(m.fid_reference), LatentDecoder.of(m)
+    ext, ref, decode = load_extractor(extractor), ReferenceStats.load(m.fid_reference), LatentDecoder.of(m)
 
     def evaluate():
         evaluate_generator(lambda z, y, nfe: train_state.sample(z, y, nfe=nfe), decode,
@@ -56,35 +68,55 @@ def bare_trial(cfg, manifest_url: str, eval_every: int, eval_samples: int) -> fl
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    from alphaflow.config import apply_overrides
-    from bench_sweep import run_sweep, sweep_args   # beside this file (python benchmarks/...)
-    from orchestrator import tracking
-    from orchestrator.sweep.driver import base_train_config
+def trial_phases(client, run) -> dict[str, float]:
+    """Seconds of one trial's run: start (opened -> first metric), loop (wall_s), close (last metric -> ended)."""
+    stamps = [m.timestamp for key in ("fid1", "loss", "wall_s") for m in client.get_metric_history(run.info.run_id, key)]
+    first, last = min(stamps) / 1000, max(stamps) / 1000
+    start, end = run.info.start_time / 1000, (run.info.end_time or max(stamps)) / 1000
+    return {"start": first - start, "loop": run.data.metrics.get("wall_s", float("nan")), "close": end - last,
+            "run": end - start}
 
-    args, run_dir, manifest = sweep_args(trials=2, steps=60, eval_every=30, prefix="afsweep-overhead-")
-    run = run_sweep(run_dir, "spec", SPEC.format(manifest=manifest, steps=args.steps, trials=args.trials,
-                                                 eval_every=args.eval_every))
-    spec, outcome, client, sweep_wall = run.spec, run.outcome, run.client, run.wall_s
-    exp_id = run.experiment_id
-    runs = tracking.sweep_trial_runs(client, exp_id, outcome.sweep_name)
-    torch.set_num_threads(2)
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=None, help="steps per trial (default: the main spec's)")
+    ap.add_argument("--run-dir", type=Path, default=None)
+    args = ap.parse_args()
+
+    from bench_sweep import run_sweep   # beside this file (python benchmarks/...)
+    from orchestrator import tracking
+    from orchestrator.trial.config import DOMAIN_EXTRACTOR, method_config
+
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="afsweep-overhead-"))
+    run = run_sweep(run_dir, "overhead", spec_text(args.trials, args.steps))
+    spec, client = run.spec, run.client
+    runs = tracking.sweep_trial_runs(client, run.experiment_id, run.outcome.sweep_name,
+                                     order_by=["attributes.start_time ASC"])
+    manifest = str((run_dir / "data" / spec.data.dataset / "manifest.parquet").resolve())
+    extractor = DOMAIN_EXTRACTOR.get(spec.data.dataset, "fashion-mnist-cnn")
+    torch.set_num_threads(spec.train.workers * spec.train.threads_per_worker)
     rows = []
     for r in runs:
-        cfg = apply_overrides(base_train_config(spec), {"optim.lr": float(r.data.params["optim.lr"]),
-                                                         "seed": int(r.data.params["seed"])})
-        bare = bare_trial(cfg, manifest, args.eval_every, spec.train.eval_samples)
-        rows.append((r.info.run_name, r.data.metrics.get("wall_s", float("nan")), bare))
+        swept = {k: yaml.safe_load(r.data.params[k]) for k in r.data.params["swept"].split(",") if k}
+        cfg = method_config(spec, {**swept, "seed": int(r.data.params["seed"])})
+        bare = bare_trial(cfg, manifest, extractor, spec.train.eval_every, spec.train.eval_samples)
+        rows.append((r.info.run_name, trial_phases(client, r), bare))
 
-    bare_total = sum(b for _, _, b in rows)
-    print(f"\nsweep of {len(rows)} trials x {args.steps} steps, 2 Ray Train workers per trial, 1 trial at a time")
-    print(f"| {'trial':<22} | {'in-sweep train loop s':>21} | {'bare in-process s':>17} |")
-    print(f"|{'-' * 24}|{'-' * 23}|{'-' * 19}|")
-    for name, wall, bare in rows:
-        print(f"| {name:<22} | {wall:>21.1f} | {bare:>17.1f} |")
-    print(f"| {'sweep wall (launch)':<22} | {sweep_wall:>21.1f} | {bare_total:>17.1f} |")
-    print(f"orchestration overhead: sweep wall / sum of bare trials = {sweep_wall / bare_total:.2f}x "
-          f"(+{sweep_wall - bare_total:.0f} s)")
+    t, c = spec.train, spec.search.max_concurrent
+    bare_total = sum(b for *_, b in rows)
+    steps = method_config(spec, {}).total_steps
+    print(f"\nmain spec, {len(rows)} trials x {steps} steps, {t.workers} Ray Train workers per trial, {c} trials at "
+          f"once; bare: one process, {torch.get_num_threads()} threads, one trial at a time")
+    print("| trial | start s | loop s | close s | run s | bare s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, p, bare in rows:
+        print(f"| {name} | {p['start']:.1f} | {p['loop']:.1f} | {p['close']:.1f} | {p['run']:.1f} | {bare:.1f} |")
+    mean = lambda key: sum(p[key] for _, p, _ in rows) / len(rows)   # noqa: E731
+    print(f"| mean | {mean('start'):.1f} | {mean('loop'):.1f} | {mean('close'):.1f} | {mean('run'):.1f} "
+          f"| {bare_total / len(rows):.1f} |")
+    print(f"sweep wall (launch to its summary): {run.wall_s:.1f} s; the trials bare, one after another: "
+          f"{bare_total:.1f} s; overhead {run.wall_s - bare_total:+.0f} s ({run.wall_s / bare_total:.2f}x)")
 
 
 if __name__ == "__main__":
