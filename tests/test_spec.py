@@ -113,3 +113,11 @@ def test_set_reaches_the_fields_of_a_dotted_search_key(tmp_path):
     assert spec.search.space["alpha.k_e"].high == 0.7 and spec.search.space["optim.lr"].value == 0.001
     with pytest.raises(SpecError, match=r"search.space.alpha.k_e.low: alpha: k_e \(0.4\) must not be before k_s \(0.45\)"):
         load_spec(p, ["search.space.alpha.k_e.high=1.7", "base.overrides.alpha.k_s=0.45"])  # k_e 0.4 before k_s
+
+
+def test_the_launch_line_gives_the_searched_trial_length_as_a_range():
+    from orchestrator.sweep.driver import _steps_line
+
+    cost = load_spec(REPO / "sweeps" / "pareto_cost.yaml")
+    assert _steps_line(cost, 300) == "100-800 steps (searched)"
+    assert _steps_line(load_spec(REPO / "sweeps" / "curriculum.yaml"), 1000) == "1000 steps each"

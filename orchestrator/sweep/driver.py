@@ -169,7 +169,8 @@ def dashboard_line(url: str) -> str:
 def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
     import ray
 
-    from orchestrator.sweep.ray_adapter import keep_local_cluster_on_loopback, use_token_auth_if_available
+    from orchestrator.sweep.ray_adapter import (keep_local_cluster_on_loopback, skip_unused_train_actors,
+                                                use_token_auth_if_available)
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.train.threads_per_worker))
@@ -180,6 +181,7 @@ def start_ray(spec: SweepSpec, address: str | None, echo=print) -> str | None:
     # checkpoint-only reports (train.checkpoint_every) carry no fid1: ASHA and our searcher skip them, and Tune must
     # not refuse them as results "without the metric"
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    skip_unused_train_actors()
     credentials_out_of_ray_env()  # before any Ray process starts: Tune would copy them into its logs
     if ray.is_initialized():
         return None
@@ -260,7 +262,7 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     log_dataset_input(client, parent_run_id, dataset)
     stopping = _stopping_line(spec, grace)
     echo(f"afsweep: sweep {sweep_name}: {spec.search.num_trials} trials x {spec.train.workers} workers, "
-         f"{cfg.total_steps} steps each, {stopping}")
+         f"{_steps_line(spec, cfg.total_steps)}, {stopping}")
     echo(f"afsweep: MLflow parent run {parent_run_id} in experiment '{spec.tracking.experiment}' at "
          f"{hide_secret(tracking_uri)}")
     echo(f"afsweep: sweep state and checkpoints in {places.sweep_dir(sweep_name)}, Optuna study in "
@@ -307,6 +309,15 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     outcome.dashboard_url = dashboard_url
     _shutdown_ray()
     return outcome
+
+
+def _steps_line(spec: SweepSpec, base_steps: int) -> str:
+    """`1000 steps each`, or the range when the trial length is searched (`100-800 steps (searched)`)."""
+    searched = spec.search.space.get("total_steps")
+    if searched is None:
+        return f"{base_steps} steps each"
+    values = [int(v) for v in searched.extremes().values()]
+    return f"{min(values)}-{max(values)} steps (searched)"
 
 
 def _stopping_line(spec: SweepSpec, grace: int) -> str:
