@@ -1,6 +1,8 @@
 """The cost of orchestration on the main spec: a sweep's wall time against the same trials trained bare.
 
-    .venv/bin/python benchmarks/sweep_overhead.py [--trials 4] [--steps 1000] [--run-dir DIR]
+    .venv/bin/python benchmarks/sweep_overhead.py [--trials 4] [--steps 1000] [--run-dir DIR] [--no-bare]
+    AFSWEEP_LEAN_TRAIN=0 .venv/bin/python benchmarks/sweep_overhead.py ...   # Ray Train's helper actors as Ray
+                                                                            # starts them (the cut's A/B)
 
 Runs `sweeps/curriculum.yaml` as a user would (Ray Tune + Optuna, Ray Train with the spec's workers per trial, its
 concurrency, MLflow on sqlite, the registry), with only the trial count and length changed and ASHA off (so every
@@ -82,10 +84,12 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--steps", type=int, default=None, help="steps per trial (default: the main spec's)")
     ap.add_argument("--run-dir", type=Path, default=None)
+    ap.add_argument("--no-bare", action="store_true", help="only the sweep's own figures (no bare replay)")
     args = ap.parse_args()
 
     from bench_sweep import run_sweep   # beside this file (python benchmarks/...)
     from orchestrator import tracking
+    from orchestrator.sweep.ray_adapter import LEAN_TRAIN_ENV, lean_train
     from orchestrator.trial.config import DOMAIN_EXTRACTOR, method_config
 
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="afsweep-overhead-"))
@@ -100,7 +104,8 @@ def main() -> None:
     for r in runs:
         swept = {k: yaml.safe_load(r.data.params[k]) for k in r.data.params["swept"].split(",") if k}
         cfg = method_config(spec, {**swept, "seed": int(r.data.params["seed"])})
-        bare = bare_trial(cfg, manifest, extractor, spec.train.eval_every, spec.train.eval_samples)
+        bare = (float("nan") if args.no_bare else
+                bare_trial(cfg, manifest, extractor, spec.train.eval_every, spec.train.eval_samples))
         rows.append((r.info.run_name, trial_phases(client, r), bare))
 
     t, c = spec.train, spec.search.max_concurrent
@@ -115,8 +120,11 @@ def main() -> None:
     mean = lambda key: sum(p[key] for _, p, _ in rows) / len(rows)   # noqa: E731
     print(f"| mean | {mean('start'):.1f} | {mean('loop'):.1f} | {mean('close'):.1f} | {mean('run'):.1f} "
           f"| {bare_total / len(rows):.1f} |")
-    print(f"sweep wall (launch to its summary): {run.wall_s:.1f} s; the trials bare, one after another: "
-          f"{bare_total:.1f} s; overhead {run.wall_s - bare_total:+.0f} s ({run.wall_s / bare_total:.2f}x)")
+    lean = "on" if lean_train() else f"off ({LEAN_TRAIN_ENV}=0)"
+    print(f"sweep wall (launch to its summary): {run.wall_s:.1f} s, unused Ray Train actors skipped: {lean}")
+    if not args.no_bare:
+        print(f"the trials bare, one after another: {bare_total:.1f} s; overhead {run.wall_s - bare_total:+.0f} s "
+              f"({run.wall_s / bare_total:.2f}x)")
 
 
 if __name__ == "__main__":

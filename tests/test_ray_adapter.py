@@ -21,3 +21,39 @@ def test_token_and_loopback_switches_exist():
     assert callable(getattr(raylet.Config, "initialize", None)), "Ray moved ray._raylet.Config.initialize"
     constants = importlib.import_module("ray._private.ray_constants")
     assert hasattr(constants, "ENABLE_RAY_CLUSTER"), "Ray moved ray._private.ray_constants.ENABLE_RAY_CLUSTER"
+
+
+def test_datasets_callback_is_where_the_adapter_looks():
+    from orchestrator.sweep.ray_adapter import datasets_callback_class
+
+    assert datasets_callback_class() is not None, "Ray moved ray.train.v2._internal.callbacks.datasets"
+
+
+def test_a_trial_trainer_starts_no_dataset_manager_nor_preemption_watcher(tmp_path, monkeypatch):
+    """A real Ray Train run of the trainer a trial uses: it trains and reports as before, and neither helper actor
+    that a trial has no use for is started (with AFSWEEP_LEAN_TRAIN=0 both are: the comparison the overhead
+    benchmark measures)."""
+    import ray
+    import ray.train
+    from ray.util.state import list_actors
+
+    from orchestrator.sweep.ray_adapter import (PREEMPTION_WATCHER_ENV, skip_unused_train_actors,
+                                                trainer_class)
+
+    monkeypatch.setenv(PREEMPTION_WATCHER_ENV, "unset")   # recorded, so the test leaves the environment as it was
+    monkeypatch.delenv(PREEMPTION_WATCHER_ENV)
+    skip_unused_train_actors()   # as the driver does before Ray starts
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        def loop(config):
+            ray.train.report({"step": 1, "value": config["x"] * 2})
+
+        trainer = trainer_class()(loop, train_loop_config={"x": 21},
+                                  scaling_config=ray.train.ScalingConfig(num_workers=1),
+                                  run_config=ray.train.RunConfig(name="lean", storage_path=str(tmp_path)))
+        assert trainer.fit().metrics["value"] == 42
+        classes = {a.class_name for a in list_actors(limit=1000)}
+        assert any("RayTrainWorker" in c for c in classes), classes   # the listing sees the run's actors
+        assert not any("DatasetManager" in c or "PreemptionWatcher" in c for c in classes), classes
+    finally:
+        ray.shutdown()

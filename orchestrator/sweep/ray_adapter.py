@@ -1,10 +1,12 @@
-"""The three places where afsweep reaches into Ray 2.60's private modules, kept here and nowhere else (a test,
+"""The four places where afsweep reaches into Ray 2.60's private modules, kept here and nowhere else (a test,
 tests/test_ray_adapter.py, fails loudly if the pinned Ray moves any of them). Each has no public equivalent:
 
 - Ray Train logs every `ray.train.report` at INFO from every rank, metrics dict and all, through a logger named
   after its own file; its public LoggingConfig does not reach that logger.
 - A driver joining a token-protected cluster must be in token mode, but Ray reads RAY_AUTH_MODE once at import.
 - A one-machine cluster must stay on loopback; Ray reads that switch into a module constant at import.
+- Ray Train starts a Ray Data `DatasetManager` actor for every worker group, with or without datasets; a trial
+  passes none (it reads its own WebDataset shards), so `trainer_class()` leaves that callback out.
 """
 
 from __future__ import annotations
@@ -51,3 +53,49 @@ def keep_local_cluster_on_loopback() -> None:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+# "0": Ray Train's per-trial helper actors exactly as Ray starts them (the A/B of benchmarks/sweep_overhead.py)
+LEAN_TRAIN_ENV = "AFSWEEP_LEAN_TRAIN"
+# Ray Train's preemption watcher: one more actor process per worker group, polling the cluster's drain state every
+# 5 s for `ray.train.get_preemption_info()`, which a trial never calls (a lost node is handled by FailureConfig)
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+def lean_train() -> bool:
+    return os.environ.get(LEAN_TRAIN_ENV, "1") != "0"
+
+
+def skip_unused_train_actors() -> None:
+    """Before Ray starts (its processes inherit the driver's environment on a local cluster): no preemption
+    watcher per worker group unless the user asked for one. On a cluster started elsewhere, set it there."""
+    if lean_train():
+        os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+
+
+def datasets_callback_class():
+    """Ray Train's DatasetsCallback (the one that starts the DatasetManager actor), or None if Ray moved it."""
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    except ImportError:
+        return None
+    return DatasetsCallback
+
+
+def trainer_class():
+    """TorchTrainer, without Ray Data's per-worker-group DatasetManager actor when the trainer has no datasets
+    (every afsweep trial): one process less per trial start and per restart, each importing Ray Data."""
+    from ray.train.torch import TorchTrainer
+
+    callback = datasets_callback_class()
+    if not lean_train() or callback is None:
+        return TorchTrainer
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, callback)]
+
+    return LeanTorchTrainer

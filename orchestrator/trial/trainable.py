@@ -43,12 +43,12 @@ def trial_dirname(trial) -> str:
 
 def run_trial(config: dict[str, Any]) -> None:
     import ray.train
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from alphaflow.config import flatten
     from orchestrator.spec import SweepSpec
     from orchestrator.sweep.places import storage_filesystem
+    from orchestrator.sweep.ray_adapter import trainer_class
     from orchestrator.trial.config import SweepContext, build_trial_config, trial_number
     from orchestrator.trial.worker import DIVERGED_KEY, train_loop
 
@@ -74,7 +74,7 @@ def run_trial(config: dict[str, Any]) -> None:
         raise TrialDivergedError(diverged)
     run = trial.train
     train_fs, train_path = storage_filesystem(sweep.train_storage)
-    trainer = TorchTrainer(
+    trainer = trainer_class()(
         train_loop,
         train_loop_config=trial.model_dump(mode="json"),
         scaling_config=ray.train.ScalingConfig(
