@@ -43,10 +43,14 @@ def test_a_trial_trainer_starts_no_dataset_manager_nor_preemption_watcher(tmp_pa
     monkeypatch.setenv(PREEMPTION_WATCHER_ENV, "unset")   # recorded, so the test leaves the environment as it was
     monkeypatch.delenv(PREEMPTION_WATCHER_ENV)
     skip_unused_train_actors()   # as the driver does before Ray starts
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")  # state API
     try:
         def loop(config):
-            ray.train.report({"step": 1, "value": config["x"] * 2})
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as d:   # Train V2 keeps a report's metrics with its checkpoint
+                ray.train.report({"step": 1, "value": config["x"] * 2},
+                                 checkpoint=ray.train.Checkpoint.from_directory(d))
 
         trainer = trainer_class()(loop, train_loop_config={"x": 21},
                                   scaling_config=ray.train.ScalingConfig(num_workers=1),
