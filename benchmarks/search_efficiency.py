@@ -1,7 +1,8 @@
 """Search efficiency on the main search space (sweeps/curriculum.yaml's): Optuna TPE + curriculum-aware ASHA,
 Optuna's GP sampler + ASHA, and random search without early stopping, each repeated with different seeds. Per
 search: trials and CPU-seconds until its best fid1 is within 10% of the best fid1 any search found, with the spread
-over repetitions.
+over repetitions, and the median trial's fid1 (where the search spends its trials: less sensitive to one lucky
+training seed than the best, see docs/results.md#search-efficiency).
 
     .venv/bin/python benchmarks/search_efficiency.py [--trials 24] [--reps 3] [--steps 400] [--eval-every 100]
         [--dataset digits] [--searches tpe-asha,gp-asha,random] [--warm-start 12] [--run-dir DIR] [--report]
@@ -100,9 +101,9 @@ def report(results: dict[str, list[list[Trial]]]) -> list[str]:
     best = min(t.fid1 for reps in results.values() for trials in reps for t in trials)
     target = 1.1 * best
     lines = [f"best fid1 any search found: {best:.2f}; target (within 10%): {target:.2f}",
-             "| search | reps | trials each | best fid1 | trials to target (per rep) | CPU-s to target | "
-             "trials stopped early | CPU-s per search |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| search | reps | trials each | best fid1 | median trial fid1 | trials to target (per rep) | "
+             "CPU-s to target | trials stopped early | CPU-s per search |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, reps in results.items():
         reached = [to_target(trials, target) for trials in reps]
         per_rep = ", ".join(str(n) if n is not None else "never" for n, _ in reached)
@@ -110,6 +111,7 @@ def report(results: dict[str, list[list[Trial]]]) -> list[str]:
         lines.append(
             f"| {label} | {len(reps)} | {_spread([len(t) for t in reps], '.0f')} "
             f"| {_spread([min(t.fid1 for t in trials) for trials in reps], '.2f')} "
+            f"| {_spread([statistics.median(t.fid1 for t in trials) for trials in reps], '.1f')} "
             f"| {_spread([n for n, _ in reached], '.1f')} ({per_rep}) | {_spread([c for _, c in reached], '.0f')} "
             f"| {_spread(stopped, '.1f')} | {_spread([sum(t.cpu_s for t in trials) for trials in reps], '.0f')} |")
     return lines

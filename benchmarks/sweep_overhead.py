@@ -93,6 +93,7 @@ def main() -> None:
     from orchestrator.trial.config import DOMAIN_EXTRACTOR, method_config
 
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="afsweep-overhead-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
     run = run_sweep(run_dir, "overhead", spec_text(args.trials, args.steps))
     spec, client = run.spec, run.client
     runs = tracking.sweep_trial_runs(client, run.experiment_id, run.outcome.sweep_name,

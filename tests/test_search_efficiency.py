@@ -4,6 +4,7 @@ algorithm, scheduler, seed and trial count changed, and its table counts trials 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -40,6 +41,18 @@ def test_trials_and_cpu_to_target_and_the_table():
     tpe = next(ln for ln in lines if ln.startswith("| tpe-asha |"))
     rnd = next(ln for ln in lines if ln.startswith("| random |"))
     assert "| 3.0 +- 0.0 (3, 3) | 25 +- 0 |" in tpe and "| 1.0 +- 0.0 |" in tpe        # one trial stopped early each
+    assert "| 12.00 +- 0.00 | 20.0 +- 0.0 |" in tpe                                     # best, then median trial
+    assert "| 55.00 +- 62.23 | 64.5 +- 48.8 |" in rnd                                   # medians 30 and 99
     assert "| 3.0 (1 never) (3, never) |" in rnd
     (line,) = se.warm_start_lines(slow, fast[1:], "s-1")
     assert "reached it in 2 trials (15 CPU-s) of 2" in line and "s-1 itself needed 3 trials (60 CPU-s)" in line
+
+
+def test_seed_noise_pools_the_spread_within_configurations():
+    import seed_noise as sn
+
+    groups = {("a",): [10.0, 12.0], ("b",): [20.0, 22.0, 24.0], ("c",): [99.0]}   # c: one seed, left out
+    pooled, between, n = sn.within_and_between(groups)
+    assert n == 2 and abs(pooled - ((2.0 + 2 * 4.0) / 3) ** 0.5) < 1e-9
+    assert abs(between - statistics.stdev([11.0, 22.0])) < 1e-9
+    assert sn.within_and_between({("a",): [1.0]})[2] == 0
