@@ -123,9 +123,13 @@ def warm_start_lines(earlier: list[Trial], warm: list[Trial], earlier_name: str)
     target = 1.1 * best
     (n_earlier, cpu_earlier), (n_warm, cpu_warm) = to_target(earlier, target), to_target(warm, target)
     fmt = lambda n, c: "never" if n is None else f"{n} trials ({c:.0f} CPU-s)"   # noqa: E731
+    first = earlier[:len(warm)]   # the earlier sweep at the same trial count (its random start-up included)
+    median = lambda trials: statistics.median(t.fid1 for t in trials)   # noqa: E731
     return [f"warm start from {earlier_name} (best fid1 {best:.2f}, target {target:.2f}): the warm-started sweep "
             f"reached it in {fmt(n_warm, cpu_warm)} of {len(warm)}, best {min(t.fid1 for t in warm):.2f}; "
-            f"{earlier_name} itself needed {fmt(n_earlier, cpu_earlier)}"]
+            f"{earlier_name} itself needed {fmt(n_earlier, cpu_earlier)}",
+            f"median trial fid1: warm-started {median(warm):.1f}, {earlier_name}'s first {len(first)} trials "
+            f"{median(first):.1f} (best {min(t.fid1 for t in first):.2f})"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[list[Trial]]]:

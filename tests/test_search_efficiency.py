@@ -44,8 +44,9 @@ def test_trials_and_cpu_to_target_and_the_table():
     assert "| 12.00 +- 0.00 | 20.0 +- 0.0 |" in tpe                                     # best, then median trial
     assert "| 55.00 +- 62.23 | 64.5 +- 48.8 |" in rnd                                   # medians 30 and 99
     assert "| 3.0 (1 never) (3, never) |" in rnd
-    (line,) = se.warm_start_lines(slow, fast[1:], "s-1")
+    line, medians = se.warm_start_lines(slow, fast[1:], "s-1")
     assert "reached it in 2 trials (15 CPU-s) of 2" in line and "s-1 itself needed 3 trials (60 CPU-s)" in line
+    assert medians == "median trial fid1: warm-started 16.0, s-1's first 2 trials 35.0 (best 30.00)"
 
 
 def test_seed_noise_pools_the_spread_within_configurations():
