@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from typing import Iterator
 
 import torch
@@ -59,6 +60,9 @@ def guidance_features(g: torch.Tensor) -> torch.Tensor:
     """(B, 3) guidance conditions (omega, t_min, t_max) -> the three scalars the network sees, each in [0, 1]:
     1 - 1/omega (0 for no guidance, as Improved MeanFlow's code), t_min, t_max."""
     return torch.stack([1.0 - 1.0 / g[:, 0], g[:, 1], g[:, 2]], dim=1)
+
+
+FP32_STREAM_ENV = "AFSWEEP_FP32_STREAM"
 
 
 class TanhGELU(nn.Module):
@@ -118,8 +122,18 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    """x (1 + scale) + shift, per row; fused: as one addcmul (one pass over x instead of two; fast path)."""
+    if fused:
+        return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
     return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def gated_add(x: torch.Tensor, gate: torch.Tensor, out: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    """The residual x + gate out, per row; fused: as one addcmul (fast path)."""
+    if fused:
+        return torch.addcmul(x, gate[:, None], out)
+    return x + gate[:, None] * out
 
 
 class DiTBlock(nn.Module):
@@ -129,26 +143,29 @@ class DiTBlock(nn.Module):
         self.attn = Attention(width, heads)
         self.norm2 = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
         self.attn.math_on_cpu = fast
+        self.fast = fast
         gelu = TanhGELU() if fused_gelu else nn.GELU(approximate="tanh")
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), gelu, nn.Linear(4 * width, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attn(_modulate(self.norm1(x), shift1, scale1))
-        return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+        f = self.fast
+        x = gated_add(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1, f)), f)
+        return gated_add(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2, f)), f)
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, width: int, patch: int, out_channels: int):
+    def __init__(self, width: int, patch: int, out_channels: int, fast: bool = False):
         super().__init__()
+        self.fast = fast
         self.norm = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, patch * patch * out_channels)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.modulation(c).chunk(2, dim=-1)
-        return self.linear(_modulate(self.norm(x), shift, scale))
+        return self.linear(modulate(self.norm(x), shift, scale, self.fast))
 
 
 class DiT(nn.Module):
@@ -167,6 +184,7 @@ class DiT(nn.Module):
         if h % patch or w % patch:
             raise ValueError(f"image size {h}x{w} is not divisible by patch size {patch}")
         self.in_channels, self.patch, self.num_classes = in_channels, patch, num_classes
+        self.fast = fast
         self.grid = (h // patch, w // patch)
         self.patch_embed = nn.Conv2d(in_channels, width, kernel_size=patch, stride=patch)
         self.register_buffer("pos_embed", sincos_2d(width, *self.grid)[None], persistent=False)
@@ -175,7 +193,7 @@ class DiT(nn.Module):
         self.y_embed = nn.Embedding(num_classes + 1, width)   # last row: the null class
         self.g_embed = TimeEmbedder(width, scalars=3) if guidance_conditioned else None
         self.blocks = nn.ModuleList(DiTBlock(width, heads, fast, fused_gelu) for _ in range(depth))
-        self.final = FinalLayer(width, patch, in_channels)
+        self.final = FinalLayer(width, patch, in_channels, fast)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -215,10 +233,26 @@ class DiT(nn.Module):
         out = out.reshape(out.shape[0], gh, gw, p, p, ch).permute(0, 5, 1, 3, 2, 4)
         return out.reshape(out.shape[0], ch, gh * p, gw * p)
 
+    def stream_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """bf16 for the token stream and the condition on CPU under bf16 autocast with the fast path, else None
+        (the stream stays fp32, as on CUDA). On CPU an op with inputs of two dtypes first copies the other one,
+        so an fp32 residual stream between bf16 matmuls pays a cast at every LayerNorm input, modulation and
+        residual add (docs/internals.md#the-fast-step). AFSWEEP_FP32_STREAM=1 keeps it fp32 (for A/B runs)."""
+        if (self.fast and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                and os.environ.get(FP32_STREAM_ENV) != "1"):
+            return torch.bfloat16
+        return None
+
     def forward(self, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                 g: torch.Tensor | None = None) -> torch.Tensor:
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
         c = self.condition(r, t, y, g)
+        if self.fast:   # (B, N, C) contiguous: LayerNorm copies a strided input, forward and backward
+            tokens = tokens.contiguous()
+        stream = self.stream_dtype(x)
+        if stream is not None:
+            tokens, c = tokens.to(stream), c.to(stream)
         for block in self.blocks:
             tokens = block(tokens, c)
         return self.unpatchify(self.final(tokens, c))

@@ -26,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from alphaflow.fast_ops import gelu_tanh_tangent, gelu_tanh_tangent_eager
-from alphaflow.model import DiT, FREQ_DIM, TanhGELU, guidance_features, no_guidance, timestep_features
+from alphaflow.model import (DiT, FREQ_DIM, TanhGELU, gated_add, guidance_features, modulate, no_guidance,
+                             timestep_features)
 
 
 def supports(model: nn.Module) -> bool:
@@ -75,9 +76,9 @@ def _time_embed(emb, t: torch.Tensor, dt: torch.Tensor | None, n: int):
     return out, d
 
 
-def _modulated_norm(x, dx, shift, scale, dshift, dscale, n: int, eps: float = 1e-6):
+def _modulated_norm(x, dx, shift, scale, dshift, dscale, n: int, eps: float, fused: bool):
     y, rstd = _layer_norm(x, eps)
-    out = y * (1 + scale[:, None]) + shift[:, None]
+    out = modulate(y, shift, scale, fused)
     with torch.no_grad():
         yd = y[:n].detach()
         dy = _layer_norm_tangent(yd, rstd[:n], dx)
@@ -135,14 +136,14 @@ def _block(block, x, dx, c, dc, n: int):
     m, dm = _modulation(block.modulation, c, dc, n)
     shift1, scale1, gate1, shift2, scale2, gate2 = m.chunk(6, dim=-1)
     dshift1, dscale1, dgate1, dshift2, dscale2, dgate2 = dm.chunk(6, dim=-1)
-    a_in, da_in = _modulated_norm(x, dx, shift1, scale1, dshift1, dscale1, n, block.norm1.eps)
+    a_in, da_in = _modulated_norm(x, dx, shift1, scale1, dshift1, dscale1, n, block.norm1.eps, block.fast)
     a, da = _attention(block.attn, a_in, da_in, n)
-    x2 = x + gate1[:, None] * a
+    x2 = gated_add(x, gate1, a, block.fast)
     with torch.no_grad():
         dx2 = dx + dgate1[:, None] * a[:n].detach() + gate1[:n, None].detach() * da
-    m_in, dm_in = _modulated_norm(x2, dx2, shift2, scale2, dshift2, dscale2, n, block.norm2.eps)
+    m_in, dm_in = _modulated_norm(x2, dx2, shift2, scale2, dshift2, dscale2, n, block.norm2.eps, block.fast)
     f, df = _mlp(block.mlp, m_in, dm_in)
-    out = x2 + gate2[:, None] * f
+    out = gated_add(x2, gate2, f, block.fast)
     with torch.no_grad():
         dout = dx2 + dgate2[:, None] * f[:n].detach() + gate2[:n, None].detach() * df
     return out, dout
@@ -165,6 +166,15 @@ def dit_jvp(model: DiT, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: to
         gg = no_guidance(t) if g is None else g.to(t.dtype)
         c = c + model.g_embed(guidance_features(gg))   # fixed along the tangent
     dc = dc_t + dc_h
+    if model.fast:   # the same layout and dtypes as the model's forward
+        tokens = tokens.contiguous()
+        with torch.no_grad():
+            d_tokens = d_tokens.contiguous()
+    stream = model.stream_dtype(x)
+    if stream is not None:
+        tokens, c = tokens.to(stream), c.to(stream)
+        with torch.no_grad():
+            d_tokens, dc = d_tokens.to(stream), dc.to(stream)
 
     for block in model.blocks:
         tokens, d_tokens = _block(block, tokens, d_tokens, c, dc, n)
@@ -173,7 +183,7 @@ def dit_jvp(model: DiT, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: to
     mod, dmod = _modulation(fin.modulation, c, dc, n)
     shift, scale = mod.chunk(2, dim=-1)
     dshift, dscale = dmod.chunk(2, dim=-1)
-    a, da = _modulated_norm(tokens, d_tokens, shift, scale, dshift, dscale, n, fin.norm.eps)
+    a, da = _modulated_norm(tokens, d_tokens, shift, scale, dshift, dscale, n, fin.norm.eps, fin.fast)
     out = fin.linear(a)
     with torch.no_grad():
         dout = _linear(fin.linear, da)

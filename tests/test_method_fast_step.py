@@ -171,3 +171,45 @@ def test_only_kernels_fused_compiles_the_gelu():
         return {type(m).__name__ for m in tr.model.modules() if isinstance(m, (TanhGELU, torch.nn.GELU))}
 
     assert gelus("fast") == {"GELU"} and gelus("reference") == {"GELU"} and gelus("fused") == {"TanhGELU"}
+
+
+def _block_inputs(model: DiT, *args) -> list[torch.Tensor]:
+    seen = []
+    hooks = [b.register_forward_pre_hook(lambda _m, a: seen.append(a[0])) for b in model.blocks]
+    try:
+        model(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def test_fast_bf16_keeps_a_contiguous_bf16_stream_on_cpu(monkeypatch):
+    """Under bf16 autocast the fast model's residual stream is bf16 and contiguous (no cast or copy at every
+    LayerNorm and residual add); the reference model's stays as it was; AFSWEEP_FP32_STREAM=1 keeps it fp32."""
+    torch.manual_seed(0)
+    fast, ref = DiT(1, (8, 8), 10, 2, 2, 64, 2, fast=True), DiT(1, (8, 8), 10, 2, 2, 64, 2)
+    args = _inputs(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert all(s.dtype == torch.bfloat16 and s.is_contiguous() for s in _block_inputs(fast, *args))
+        assert all(s.dtype == torch.float32 and not s.is_contiguous() for s in _block_inputs(ref, *args))
+        monkeypatch.setenv("AFSWEEP_FP32_STREAM", "1")
+        assert all(s.dtype == torch.float32 and s.is_contiguous() for s in _block_inputs(fast, *args))
+    monkeypatch.delenv("AFSWEEP_FP32_STREAM")
+    assert all(s.dtype == torch.float32 for s in _block_inputs(fast, *args))   # fp32 outside autocast
+
+
+def test_tangent_pass_primal_is_the_bf16_forward():
+    """In bf16 the tangent pass's primal is still exactly the model's forward (same stream dtype and layout), and
+    its tangent stays within bf16 rounding of the fp32 tangent."""
+    torch.manual_seed(0)
+    model = _randomised(DiT(1, (8, 8), 10, 2, 2, 64, 2, fast=True))
+    x, r, t, y = _inputs(6)
+    n = 4
+    dx, dr, dt = torch.randn(n, *SHAPE), torch.rand(n), torch.ones(n)
+    _, du32 = dit_jvp(model, x, r, t, y, dx, dr, dt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        u, du = dit_jvp(model, x, r, t, y, dx, dr, dt)
+        assert torch.equal(u, model(x, r, t, y))
+    assert u.dtype == du.dtype == torch.bfloat16
+    assert _rel(du.float(), du32) <= 0.05
