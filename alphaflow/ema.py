@@ -18,15 +18,21 @@ def _key(half_life: float) -> str:
 
 
 class EMA:
-    def __init__(self, model: nn.Module, half_lives: Iterable[float], ramp: float = 0.05):
+    def __init__(self, model: nn.Module, half_lives: Iterable[float], ramp: float = 0.05, flat=None):
+        """flat: the model's `alphaflow.flat_params.FlatParameters`; each average is then one flat buffer too,
+        updated by one lerp (the per-parameter views keep the API and the checkpoint layout)."""
         half_lives = [float(h) for h in half_lives]
         self.half_lives = sorted(set(half_lives))
         if not self.half_lives or min(self.half_lives) <= 0:
             raise ValueError(f"ema half-lives must be > 0, got {self.half_lives}")
         self.ramp = float(ramp)
         self.primary = half_lives[0]   # the first one given: what sampling uses by default
-        self.shadows: dict[str, list[torch.Tensor]] = {
-            _key(h): [p.detach().clone() for p in model.parameters()] for h in self.half_lives}
+        self.flat = flat if flat is not None and len(flat.params) == len(list(model.parameters())) else None
+        if self.flat is not None:
+            self.flat_shadows = {_key(h): flat.param.detach().clone() for h in self.half_lives}
+            self.shadows: dict[str, list[torch.Tensor]] = {k: flat.views(b) for k, b in self.flat_shadows.items()}
+        else:
+            self.shadows = {_key(h): [p.detach().clone() for p in model.parameters()] for h in self.half_lives}
 
     def decay(self, half_life: float, step: int) -> float:
         h = min(float(half_life), self.ramp * step) if self.ramp > 0 else float(half_life)
@@ -35,6 +41,10 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Call after optimizer step number `step` (1-based)."""
+        if self.flat is not None and self.flat.is_intact():
+            for h in self.half_lives:
+                self.flat_shadows[_key(h)].lerp_(self.flat.param.detach(), 1.0 - self.decay(h, step))
+            return
         params = [p.detach() for p in model.parameters()]
         for h in self.half_lives:
             shadow = self.shadows[_key(h)]

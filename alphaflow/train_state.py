@@ -22,6 +22,7 @@ import torch.distributed as dist
 from alphaflow.checkpoint import load_state, save_state
 from alphaflow.config import config_to_dict
 from alphaflow.ema import EMA
+from alphaflow.flat_params import FlatParameters
 from alphaflow.model import build_model
 from alphaflow.objective import alpha_flow_loss
 from alphaflow.sampling import sample as sample_fn
@@ -86,11 +87,16 @@ class TrainState:
                 for p in self.model.parameters():
                     dist.broadcast(p.data, src=0)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # the fast path: parameters and gradients in two flat buffers, so that Adam, the clip, the EMA and the
+        # all-reduce each run once over one tensor (alphaflow/flat_params.py); the reference keeps one per tensor
+        self.flat = FlatParameters(self.params) if cfg.kernels != "reference" else None
+        self.opt_params = [self.flat.param] if self.flat is not None else self.params
         o = cfg.optim
         # fused: one kernel over all parameters (CPU and CUDA) instead of a loop of small ops per tensor
-        self.optimizer = torch.optim.Adam(self.params, lr=o.lr, betas=(o.beta1, o.beta2),
+        self.optimizer = torch.optim.Adam(self.opt_params, lr=o.lr, betas=(o.beta1, o.beta2),
                                           weight_decay=o.weight_decay, fused=cfg.kernels != "reference")
-        self.ema = EMA(self.model, [cfg.ema.half_life, *cfg.ema.extra_half_lives], ramp=cfg.ema.ramp)
+        self.ema = EMA(self.model, [cfg.ema.half_life, *cfg.ema.extra_half_lives], ramp=cfg.ema.ramp,
+                       flat=self.flat)
         self.step = 0
 
     # --- training -------------------------------------------------------------------------------------------
@@ -125,9 +131,11 @@ class TrainState:
                                          num_classes=self.num_classes, generator=gen,
                                          progress=step / cfg.total_steps, grad_diagnostics=diag)
         self.optimizer.zero_grad(set_to_none=False)
+        if self.flat is not None and not self.flat.is_intact():
+            self.flat.reattach_grads()
         loss.backward()   # a non-finite loss gives non-finite gradients, caught below before the update
         loss_avg = self._average_gradients(loss.detach().float())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.opt_params, cfg.optim.grad_clip)
         # the step's one host sync: the update must not run on a non-finite loss or gradient
         loss_value, grad_norm = torch.stack([loss_avg, grad_norm.float()]).tolist()
         if not math.isfinite(loss_value):
@@ -147,6 +155,14 @@ class TrainState:
 
     def _average_gradients(self, loss: torch.Tensor) -> torch.Tensor:
         """All-reduce mean of the gradients and the loss in one flat buffer; returns the mean loss (a tensor)."""
+        if self.flat is not None:
+            if not self.distributed:
+                return loss
+            buf = self.flat.grad_and_loss
+            buf[-1] = loss
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf /= self.world_size
+            return buf[-1].clone()
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -201,7 +217,7 @@ class TrainState:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "ema": self.ema.state_dict(self.model),
             "ema_primary": self.ema.primary,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer_state(),
             "step": self.step,
             "rng": {"torch": torch.get_rng_state()},
             "config": config_to_dict(self.cfg),
@@ -209,6 +225,11 @@ class TrainState:
             "num_classes": self.num_classes,
             "extra": extra or {},
         })
+
+    def optimizer_state(self) -> dict:
+        """The optimizer's state_dict in the per-parameter layout (as kernels: reference has it)."""
+        state = self.optimizer.state_dict()
+        return self.flat.split_optimizer_state(state) if self.flat is not None else state
 
     def load_checkpoint(self, path: str) -> dict[str, Any]:
         """Restore model, EMAs, optimizer and step; returns the `extra` saved with it."""
@@ -219,7 +240,10 @@ class TrainState:
                              f"this run has {self.image_shape} with {self.num_classes}")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(self.model, state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        opt = state["optimizer"]
+        if self.flat is not None:   # checkpoints keep the per-parameter layout, whichever kernels wrote them
+            opt = self.flat.join_optimizer_state(opt)
+        self.optimizer.load_state_dict(opt)
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])
         return state.get("extra", {})

@@ -50,7 +50,7 @@ def _plain(tr: TrainState, x, y):
     def step():
         with tr._autocast():
             loss = (tr.model(x, t * 0.5, t, y).float() - x).pow(2).mean()
-        tr.optimizer.zero_grad()
+        tr.optimizer.zero_grad(set_to_none=False)   # as train_step (the fast path's gradients live in one buffer)
         loss.backward()
         tr.optimizer.step()
     return step

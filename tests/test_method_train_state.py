@@ -139,11 +139,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _rank_main(rank, world, port, out_dir):
+def _rank_main(rank, world, port, out_dir, kernels="fast", precision="auto"):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        cfg = small_cfg(seed=rank)                 # different seeds: the broadcast must align the weights
+        cfg = small_cfg(seed=rank, kernels=kernels, precision=precision)   # different seeds: the broadcast must align the weights
         tr = TrainState(cfg, SHAPE, 10)
         losses = []
         for i in range(4):
@@ -151,7 +151,7 @@ def _rank_main(rank, world, port, out_dir):
             losses.append(tr.train_step(x, y)["loss"])
         flat = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
         torch.save({"params": flat, "losses": losses, "rank": tr.rank, "world": tr.world_size},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+                   os.path.join(out_dir, f"{kernels}-rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -159,7 +159,7 @@ def _rank_main(rank, world, port, out_dir):
 @pytest.mark.slow
 def test_two_rank_gloo_keeps_ranks_in_sync(tmp_path):
     mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
+    r0, r1 = (torch.load(tmp_path / f"fast-rank{i}.pt") for i in range(2))
     assert (r0["rank"], r1["rank"], r0["world"]) == (0, 1, 2)
     assert torch.equal(r0["params"], r1["params"])
     assert r0["losses"] == r1["losses"]           # the all-reduced mean loss
@@ -167,3 +167,69 @@ def test_two_rank_gloo_keeps_ranks_in_sync(tmp_path):
     single.train_step(*data(0))
     flat = torch.cat([p.detach().flatten() for p in single.model.parameters()])
     assert not torch.equal(flat, r0["params"])    # the other rank's gradients did count
+
+
+@pytest.mark.slow
+def test_two_rank_flat_all_reduce_equals_the_per_tensor_one(tmp_path):
+    """The fast path all-reduces its flat gradient buffer (the loss in its last slot); kernels: reference
+    concatenates per-tensor gradients. Same weights and losses after 4 two-rank steps (fp32)."""
+    for kernels in ("fast", "reference"):
+        mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), kernels, "fp32"), nprocs=2, join=True)
+    fast, ref = (torch.load(tmp_path / f"{k}-rank0.pt") for k in ("fast", "reference"))
+    assert float((fast["params"] - ref["params"]).abs().max() / ref["params"].abs().max()) <= 1e-5
+    assert fast["losses"] == pytest.approx(ref["losses"], rel=1e-5)
+
+
+def _flat(tr):
+    return torch.cat([p.detach().flatten() for p in tr.model.parameters()])
+
+
+def _fp32(kernels):
+    return small_cfg(kernels=kernels, precision="fp32", diagnostics_every=0)
+
+
+def test_fast_path_keeps_parameters_gradients_and_ema_in_flat_buffers():
+    fast, ref = TrainState(_fp32("fast"), SHAPE, 10), TrainState(_fp32("reference"), SHAPE, 10)
+    assert fast.flat is not None and ref.flat is None and fast.flat.is_intact()
+    for i in range(3):
+        fast.train_step(*data(i))
+        ref.train_step(*data(i))
+    assert fast.flat.is_intact()   # autograd accumulated into the views; Adam updated the flat buffer in place
+    assert torch.equal(fast.flat.param.detach(), _flat(fast))
+    assert torch.equal(fast.flat.param.grad, torch.cat([p.grad.flatten() for p in fast.model.parameters()]))
+    assert float((_flat(fast) - _flat(ref)).abs().max() / _flat(ref).abs().max()) <= 1e-5
+    for h in fast.ema.half_lives:   # one lerp over the flat average == per-tensor lerps
+        a = torch.cat([s.flatten() for s in fast.ema._shadow(h)])
+        b = torch.cat([s.flatten() for s in ref.ema._shadow(h)])
+        assert float((a - b).abs().max() / b.abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("writer,reader", [("fast", "reference"), ("reference", "fast"), ("fast", "fast")])
+def test_checkpoints_keep_the_per_parameter_optimizer_layout(tmp_path, writer, reader):
+    """A checkpoint holds Adam's state per parameter whichever kernels wrote it, so a run resumes under either."""
+    path = str(tmp_path / "model.pt")
+    a = TrainState(_fp32(writer), SHAPE, 10)
+    for i in range(3):
+        a.train_step(*data(i))
+    a.save_checkpoint(path)
+    opt = load_state(path)["optimizer"]
+    assert len(opt["state"]) == len(list(a.model.parameters())) == len(opt["param_groups"][0]["params"])
+    assert all(opt["state"][i]["exp_avg"].shape == p.shape for i, p in enumerate(a.model.parameters()))
+    b = TrainState(_fp32(reader), SHAPE, 10)
+    b.load_checkpoint(path)
+    a.train_step(*data(3))
+    b.train_step(*data(3))
+    assert float((_flat(a) - _flat(b)).abs().max() / _flat(a).abs().max()) <= 1e-5
+
+
+def test_gradients_set_to_none_between_steps_are_put_back():
+    """zero_grad()'s default (set_to_none=True) detaches the gradients from the flat buffer; the next train step
+    reattaches them, so Adam still sees them and the step equals the reference's."""
+    fast, ref = TrainState(_fp32("fast"), SHAPE, 10), TrainState(_fp32("reference"), SHAPE, 10)
+    for i in range(2):
+        fast.model.zero_grad()
+        fast.optimizer.zero_grad()
+        fast.train_step(*data(i))
+        ref.train_step(*data(i))
+    assert fast.flat.is_intact()
+    assert float((_flat(fast) - _flat(ref)).abs().max() / _flat(ref).abs().max()) <= 1e-5
