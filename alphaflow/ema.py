@@ -41,7 +41,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Call after optimizer step number `step` (1-based)."""
-        if self.flat is not None and self.flat.is_intact():
+        if self.flat is not None:   # its owner (TrainState) checks the layout before every backward
             for h in self.half_lives:
                 self.flat_shadows[_key(h)].lerp_(self.flat.param.detach(), 1.0 - self.decay(h, step))
             return

@@ -244,15 +244,20 @@ class DiT(nn.Module):
             return torch.bfloat16
         return None
 
+    def to_stream(self, x: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Tokens and condition (or their tangents) as the blocks take them: on the fast path contiguous
+        (LayerNorm copies a strided input, forward and backward) and in `stream_dtype`. The forward and the tangent
+        pass both enter the blocks through here, so their layouts and dtypes agree."""
+        if not self.fast:
+            return list(tensors)
+        stream = self.stream_dtype(x)
+        return [t.contiguous() if stream is None else t.contiguous().to(stream) for t in tensors]
+
     def forward(self, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                 g: torch.Tensor | None = None) -> torch.Tensor:
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
         c = self.condition(r, t, y, g)
-        if self.fast:   # (B, N, C) contiguous: LayerNorm copies a strided input, forward and backward
-            tokens = tokens.contiguous()
-        stream = self.stream_dtype(x)
-        if stream is not None:
-            tokens, c = tokens.to(stream), c.to(stream)
+        tokens, c = self.to_stream(x, tokens, c)
         for block in self.blocks:
             tokens = block(tokens, c)
         return self.unpatchify(self.final(tokens, c))

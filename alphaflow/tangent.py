@@ -166,15 +166,9 @@ def dit_jvp(model: DiT, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: to
         gg = no_guidance(t) if g is None else g.to(t.dtype)
         c = c + model.g_embed(guidance_features(gg))   # fixed along the tangent
     dc = dc_t + dc_h
-    if model.fast:   # the same layout and dtypes as the model's forward
-        tokens = tokens.contiguous()
-        with torch.no_grad():
-            d_tokens = d_tokens.contiguous()
-    stream = model.stream_dtype(x)
-    if stream is not None:
-        tokens, c = tokens.to(stream), c.to(stream)
-        with torch.no_grad():
-            d_tokens, dc = d_tokens.to(stream), dc.to(stream)
+    tokens, c = model.to_stream(x, tokens, c)   # the same layout and dtypes as the model's forward
+    with torch.no_grad():
+        d_tokens, dc = model.to_stream(x, d_tokens, dc)
 
     for block in model.blocks:
         tokens, d_tokens = _block(block, tokens, d_tokens, c, dc, n)
