@@ -7,11 +7,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from alphaflow.errors import InputError
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, InputError):
     """An unknown key or a value of the wrong type; the message names the key."""
 
 
@@ -197,12 +207,13 @@ def _error(e: ValidationError) -> ConfigError:
     return ConfigError(f"{key or '(config)'}: {msg}{got}")
 
 
-def _flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def dotted_keys(d: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """A mapping written nested (`alpha: {kind: x}`) or flat (`alpha.kind: x`), or a mix, as flat dotted keys."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten_dict(v, key + "."))
+            out.update(dotted_keys(v, sep, key + sep))
         else:
             out[key] = v
     return out
@@ -211,7 +222,7 @@ def _flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """A validated copy of cfg with dotted keys set ("alpha.k_e": 0.6); nested dicts are accepted too."""
     data = cfg.model_dump()
-    for key, value in _flatten_dict(overrides).items():
+    for key, value in dotted_keys(overrides).items():
         *sections, name = key.split(".")
         target = data
         for part in sections:
@@ -239,4 +250,11 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
 
 def flatten(cfg: TrainConfig) -> dict[str, Any]:
     """Dotted keys -> values, for MLflow params ("alpha.k_e": 1.0)."""
-    return _flatten_dict(config_to_dict(cfg))
+    return dotted_keys(config_to_dict(cfg))
+
+
+def with_sampling(cfg: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
+    """cfg sampling with a sampling sweep's settings; `half_life` (which EMA is loaded) and `probe_steps` (what is
+    scored) are not sampling fields."""
+    return apply_overrides(cfg, {f"sampling.{k}": v for k, v in settings.items()
+                                 if k not in ("half_life", "probe_steps")})

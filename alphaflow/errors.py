@@ -9,6 +9,11 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     return (lines[0] if lines else type(e).__name__)[:limit]
 
 
-class InputError(Exception):
+class ExpectedError(Exception):
+    """Marks a failure the command line reports as one line (exit 1) rather than a traceback: the data, a server, a
+    sweep that cannot go on. A bug is anything else, and keeps its traceback."""
+
+
+class InputError(ExpectedError):
     """Marks an error as the user's input (an argument, a path, a name that does not exist): the CLI exits 2 for
     these, 1 for the rest. Error types inherit it beside their own (e.g. `class X(DataError, InputError)`)."""

@@ -7,7 +7,7 @@ MeanFlow with a 95% interval paired by seed, and one plain line saying whether i
         [--experiment afsweep] [--reference meanflow]
 
 The sweep's trials are its MLflow child runs: `method` and `seed` are their params, and each trial's score is the
-value `afsweep best` ranks it by and the search was told (orchestrator/objectives.py): its best over its
+value `afsweep best` ranks it by and the search was told (orchestrator/spec/objectives.py): its best over its
 evaluations, `fid1_best` and `fid2_best`. Only completed trials count; the others are listed as left out. The
 difference to the reference is taken seed by seed (trials at one seed share initial weights, data order and
 per-step noise seeds) and its interval is the t interval of those differences: mean +- t(0.975, n - 1) sd /
@@ -81,7 +81,7 @@ def paired_interval(diffs: list[float], level: float = LEVEL) -> Interval:
 def read_sweep(runs, sweep: str) -> tuple[list[TrialScore], list[str]]:
     """The completed trials' scores among a sweep's trial runs, and "<trial>: why" for each trial left out."""
     from orchestrator import tracking
-    from orchestrator.objectives import told_key
+    from orchestrator.spec.objectives import told_key
 
     scores, left_out = [], []
     for run in runs:

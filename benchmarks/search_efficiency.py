@@ -11,7 +11,7 @@ Every search is a real sweep (Ray Tune, Optuna, Ray Train, MLflow) of the main s
 trial length, the algorithm, the scheduler, the seed and the trial count changed; its trials are read back from
 MLflow. The default data set is sklearn digits at patch 2 (16 tokens), where a trial learns in a few hundred steps;
 `--dataset fashion-mnist` runs the main spec's own data (about 4x the time). Each trial is scored as the search
-was told (its best fid1 over its evaluations, orchestrator/objectives.py); its cost is the CPU-seconds its workers
+was told (its best fid1 over its evaluations, orchestrator/spec/objectives.py); its cost is the CPU-seconds its workers
 logged (`cpu_s`). "Trials to target" counts trials in the order they started. `--report` prints the table again
 from the run dir's store without running anything (a cut-off run reports the sweeps it finished). Run again
 with the same --run-dir, it keeps every sweep that finished there and runs only the missing ones (so more

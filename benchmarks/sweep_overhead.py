@@ -89,8 +89,8 @@ def main() -> None:
 
     from bench_sweep import run_sweep   # beside this file (python benchmarks/...)
     from orchestrator import tracking
-    from orchestrator.sweep.ray_adapter import LEAN_TRAIN_ENV, lean_train
-    from orchestrator.trial.config import DOMAIN_EXTRACTOR, method_config
+    from orchestrator.platform.ray_adapter import LEAN_TRAIN_ENV, lean_train
+    from orchestrator.spec.trial_config import DOMAIN_EXTRACTOR, method_config
 
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="afsweep-overhead-"))
     run_dir.mkdir(parents=True, exist_ok=True)

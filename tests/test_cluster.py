@@ -141,7 +141,7 @@ def _two_node_sweep(tmp_path: Path, s3_server) -> None:
             mlflow_lab_server(tmp_path, pg, s3, f"s3://{s3_server.bucket}/mlflow-{tag}") as (uri, _), \
             ray_cluster(tmp_path, [("head", 3), ("b", 2)], env=s3) as cluster:
         # a PostgreSQL that refuses the password: one line naming the URL, never the password
-        from orchestrator.sweep.places import PlaceError, check_optuna_storage
+        from orchestrator.platform.places import PlaceError, check_optuna_storage
 
         os.environ["PGPASSWORD"] = "not-the-password"
         try:

@@ -1,7 +1,7 @@
 """The S3 server stopped for 30 s mid-trial, with the data, Ray Tune's state and Ray Train's checkpoints all in S3.
 
 The shard reads (alphaflow.data.storage: transient errors retried for AFSWEEP_S3_OUTAGE_S) and the checkpoint
-uploads (orchestrator.sweep.places.storage_filesystem: AWS standard retries, ~2 min) wait for the server; the trial
+uploads (orchestrator.platform.places.storage_filesystem: AWS standard retries, ~2 min) wait for the server; the trial
 completes, every log step is in MLflow once, and no sample is skipped.
 """
 

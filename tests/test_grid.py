@@ -121,7 +121,7 @@ def test_validate_builds_every_method(tmp_path):
 
 
 def test_method_config_applies_the_chosen_method_then_the_searched_keys():
-    from orchestrator.trial.config import build_trial_config, method_config
+    from orchestrator.spec.trial_config import build_trial_config, method_config
 
     spec = parse_spec({"name": "m", "base": {"overrides": {"total_steps": 50, "loss.beta": True}},
                        "methods": {"mf": {"alpha.kind": "constant", "alpha.start": 0.0, "alpha.end": 0.0}},
@@ -178,7 +178,7 @@ def test_a_lost_trials_combination_runs_after_resume(tmp_path):
 def test_preview_times_a_method_bound_to_one_stage():
     """preview times steps at alpha = 1 and 0; iMF accepts only alpha = 0 and is timed there (it failed before)."""
     from orchestrator.sweep.preview import time_steps
-    from orchestrator.trial.config import method_config
+    from orchestrator.spec.trial_config import method_config
 
     spec = load_spec(PAPER_CHECK, ["base.overrides.model.size=micro"])
     assert time_steps(method_config(spec, {"method": "imf", "seed": 0}), (1, 28, 28), 10, 4, steps=1) > 0

@@ -1,4 +1,4 @@
-"""Where a sweep keeps its state (orchestrator/sweep/places.py): each URL checked before any trial with one line
+"""Where a sweep keeps its state (orchestrator/platform/places.py): each URL checked before any trial with one line
 that names it and never its secret, credentials kept out of what Ray records, and specs that cannot hold secrets."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from orchestrator.spec import SpecError, parse_spec
-from orchestrator.sweep import places
-from orchestrator.sweep.places import PlaceError
+from orchestrator.platform import places
+from orchestrator.platform.places import PlaceError
 
 CLI = [sys.executable, "-m", "orchestrator.cli"]
 

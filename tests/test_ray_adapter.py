@@ -1,4 +1,4 @@
-"""The private Ray entry points afsweep uses (orchestrator/sweep/ray_adapter.py) exist in the pinned Ray: a Ray upgrade
+"""The private Ray entry points afsweep uses (orchestrator/platform/ray_adapter.py) exist in the pinned Ray: a Ray upgrade
 that moves one fails here, by name, instead of silently bringing back the log flood or breaking cluster joins."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import logging
 
 
 def test_train_report_logger_is_where_the_adapter_looks():
-    from orchestrator.sweep.ray_adapter import quiet_train_report_lines, train_report_logger_name
+    from orchestrator.platform.ray_adapter import quiet_train_report_lines, train_report_logger_name
 
     name = train_report_logger_name()
     assert name and name.endswith("context.py"), "Ray moved ray.train.v2._internal.execution.context"
@@ -24,7 +24,7 @@ def test_token_and_loopback_switches_exist():
 
 
 def test_datasets_callback_is_where_the_adapter_looks():
-    from orchestrator.sweep.ray_adapter import datasets_callback_class
+    from orchestrator.platform.ray_adapter import datasets_callback_class
 
     assert datasets_callback_class() is not None, "Ray moved ray.train.v2._internal.callbacks.datasets"
 
@@ -37,7 +37,7 @@ def test_a_trial_trainer_starts_no_dataset_manager_nor_preemption_watcher(tmp_pa
     import ray.train
     from ray.util.state import list_actors
 
-    from orchestrator.sweep.ray_adapter import (PREEMPTION_WATCHER_ENV, skip_unused_train_actors,
+    from orchestrator.platform.ray_adapter import (PREEMPTION_WATCHER_ENV, skip_unused_train_actors,
                                                 trainer_class)
 
     monkeypatch.setenv(PREEMPTION_WATCHER_ENV, "unset")   # recorded, so the test leaves the environment as it was

@@ -60,7 +60,7 @@ def _spec_with(space: dict, overrides: dict | None = None, preset: str = "tiny-c
 
 
 def test_asha_bounds_cover_every_trial_length_and_transition():
-    from orchestrator.sweep.driver import max_total_steps, transition_end_steps
+    from orchestrator.sweep.bounds import max_total_steps, transition_end_steps
 
     # searched length: max_t is the longest trial, and the grace covers its transition (k_e = 0.5 of 400)
     spec = _spec_with({"total_steps": {"type": "int", "low": 100, "high": 400, "step": 100}})
@@ -76,7 +76,7 @@ def test_asha_bounds_cover_every_trial_length_and_transition():
 
 
 def test_asha_bounds_with_a_searched_preset():
-    from orchestrator.sweep.driver import max_total_steps, transition_end_steps
+    from orchestrator.sweep.bounds import max_total_steps, transition_end_steps
 
     spec = _spec_with({"preset": {"type": "choice", "values": ["tiny-cpu", "alphaflow-XL2-cfg"]}}, overrides={})
     assert max_total_steps(spec) == 1_200_000          # XL/2: 1.2M steps

@@ -9,7 +9,7 @@ import math
 import optuna
 import pytest
 
-from orchestrator.objectives import new_best, told_key, update_best
+from orchestrator.spec.objectives import new_best, told_key, update_best
 from orchestrator.spec import parse_spec
 
 # each trial's fid1 at steps 10, 20, 30 (fid2 the same): the first is best at step 10 and then diverges
@@ -54,7 +54,7 @@ def test_update_best_keeps_the_running_best():
 def local_ray():
     import ray
 
-    from orchestrator.sweep.ray_adapter import keep_local_cluster_on_loopback
+    from orchestrator.platform.ray_adapter import keep_local_cluster_on_loopback
 
     assert not ray.is_initialized()
     keep_local_cluster_on_loopback()
@@ -68,7 +68,7 @@ def local_ray():
 def test_a_trial_that_diverged_late_is_told_and_compared_by_its_best(tmp_path, local_ray):
     from ray import tune
 
-    from orchestrator.sweep.driver import grace_period, max_total_steps
+    from orchestrator.sweep.bounds import grace_period, max_total_steps
     from orchestrator.sweep.search import make_scheduler, make_searcher
 
     spec = parse_spec(SPEC)

@@ -53,3 +53,13 @@ def test_every_preset_is_documented():
 
     text = DOC.read_text()
     assert [p for p in PRESETS if f"`{p}`" not in text] == []
+
+
+def test_the_readme_lists_every_preset_and_sweep_spec():
+    from alphaflow.presets import PRESETS
+
+    readme = (DOC.parents[1] / "README.md").read_text()
+    specs = sorted(p.name for p in (DOC.parents[1] / "sweeps").glob("*.yaml"))
+    missing = [f"preset {n}" for n in PRESETS if f"`{n}`" not in readme]
+    missing += [f"sweeps/{n}" for n in specs if f"`sweeps/{n}`" not in readme]
+    assert not missing, f"not in README.md: {missing}"

@@ -112,7 +112,7 @@ def test_a_value_within_the_rounding_of_a_bound_is_on_the_bound(store):
 
 
 def test_bad_warm_starts_are_one_line_and_exit_2(store):
-    from orchestrator.cli import _exit_code
+    from orchestrator.cli.main import exit_code as _exit_code
 
     _, client, uri = store
     with pytest.raises(WarmStartError) as e:

@@ -1,10 +1,10 @@
 """The one error type of the data path. Its message is a single line that names the file, shard or URL."""
 
 
-from alphaflow.errors import InputError
+from alphaflow.errors import ExpectedError, InputError
 
 
-class DataError(RuntimeError):
+class DataError(RuntimeError, ExpectedError):
     """Bad or unreachable data: a missing manifest, a corrupt shard, wrong credentials, an empty source."""
 
 

@@ -14,15 +14,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import random
 import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
 from alphaflow.data.errors import DataError, DataInputError
+from alphaflow.retry import retry_transient
 
 RETRIES = int(os.environ.get("AFSWEEP_S3_RETRIES", "6"))
 BACKOFF_S = float(os.environ.get("AFSWEEP_S3_BACKOFF_S", "0.25"))
@@ -133,7 +132,8 @@ def _cause(e: BaseException) -> BaseException:
 
 
 def _is_transient(e: BaseException) -> bool:
-    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, ReadTimeoutError
+    from botocore.exceptions import ClientError, ReadTimeoutError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     e = _cause(e)
@@ -169,18 +169,13 @@ def _one_line(url: str, e: BaseException) -> DataError:
 
 def _with_retries(url: str, fn):
     """fn() with exponential backoff on transient errors; other errors become one-line DataErrors."""
-    delay, attempt, start = BACKOFF_S, 0, time.monotonic()
-    while True:
-        try:
-            return fn()
-        except DataError:
-            raise
-        except Exception as e:
-            out_of_time = attempt >= RETRIES and time.monotonic() - start >= OUTAGE_S
-            if out_of_time or not _is_transient(e):
-                raise _one_line(url, e) from None
-            time.sleep(delay * (1 + random.random()))
-            delay, attempt = min(delay * 2, 10.0), attempt + 1
+    try:
+        return retry_transient(fn, is_transient=_is_transient, min_attempts=RETRIES, patience_s=OUTAGE_S,
+                               first_delay_s=BACKOFF_S, jitter=True)
+    except DataError:
+        raise
+    except Exception as e:
+        raise _one_line(url, e) from None
 
 
 def _check_bucket(url: str, client) -> None:

@@ -1,10 +1,10 @@
 """Errors of the metrics package; every message is one line that names the file or the value at fault."""
 
 
-from alphaflow.errors import InputError
+from alphaflow.errors import ExpectedError, InputError
 
 
-class MetricsError(RuntimeError):
+class MetricsError(RuntimeError, ExpectedError):
     """A metrics input is unusable: missing or corrupt weights, bad images, mismatched reference statistics."""
 
 

@@ -10,6 +10,21 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
+
+from alphaflow.data import (
+    DataError,
+    DataInputError,
+    prepare_arrays,
+    prepare_builtin,
+    prepare_image_folder,
+    read_manifest,
+    storage,
+)
+from alphaflow.data.prepare import _load_image, list_image_folder
+from alphaflow.data.shards import decode_shard, sha256_bytes
+from alphaflow.data.sources import BUILTIN_DATASETS, load_builtin
+from alphaflow.metrics import compute_reference_stats, load_extractor
 
 
 class _Progress:
@@ -68,9 +83,6 @@ def prepare(source, out, shard_size_mb, vae, resolution, store, channels, seed, 
     SOURCE is a built-in data set (fashion-mnist, digits), an image folder (one sub-folder per class; needs
     --resolution), or a .npz/.npy file (arrays 'images' uint8 or 'latents' float, (N, C, H, W), and 'labels').
     """
-    from alphaflow.data import DataInputError, prepare_arrays, prepare_builtin, prepare_image_folder
-    from alphaflow.data.sources import BUILTIN_DATASETS
-
     if shard_size_mb <= 0:
         raise DataInputError(f"--shard-size-mb: must be > 0, got {shard_size_mb}")
     progress = _Progress()
@@ -97,8 +109,6 @@ def prepare(source, out, shard_size_mb, vae, resolution, store, channels, seed, 
 
 
 def _summary(url: str) -> None:
-    from alphaflow.data import read_manifest
-
     m = read_manifest(url)
     total = sum(s.bytes for s in m.shards)
     click.echo(f"  dataset {m.dataset_id}: {m.num_samples} samples, {m.num_classes} classes, latents "
@@ -117,10 +127,6 @@ def _fmt(values) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def inspect(url, verify, as_json):
     """Summarise the manifest at URL (a folder, s3:// prefix or manifest.parquet)."""
-    from alphaflow.data import DataError, read_manifest
-    from alphaflow.data import storage
-    from alphaflow.data.shards import decode_shard, sha256_bytes
-
     m = read_manifest(url)
     if as_json:
         d = {k: v for k, v in vars(m).items() if k not in ("element_mean", "element_std", "shards")}
@@ -166,12 +172,6 @@ def inspect(url, verify, as_json):
 def reference(source, extractor, out, split, resolution, limit, dataset_id):
     """FID reference statistics (mu, sigma, real features for precision/recall/KID) of SOURCE's real images: a
     built-in data set (fashion-mnist, digits) or an image folder, for an existing data set or another extractor."""
-    import numpy as np
-
-    from alphaflow.data.prepare import _load_image, list_image_folder
-    from alphaflow.data.sources import BUILTIN_DATASETS, load_builtin
-    from alphaflow.metrics import compute_reference_stats, load_extractor
-
     rng = np.random.default_rng(0)
     if source in BUILTIN_DATASETS:
         images, _ = load_builtin(source, split)

@@ -4,7 +4,7 @@
     afsweep sample-sweep models:/afsweep-fashion-mnist@best-fid1 --knob guidance=1:4 --optuna 12 --register best-sampling
     afsweep sample-sweep RUN_ID --knob probe_steps=1,2,4,8 --metric fid_probe --ray local
 
-The logic lives in orchestrator/sampling_sweep.py.
+The logic lives in orchestrator/evaluate/sampling_sweep.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ import sys
 from pathlib import Path
 
 import click
+import torch
+from mlflow.exceptions import MlflowException
 
 from alphaflow.errors import InputError, first_line
+from alphaflow.metrics import MetricsError
+from orchestrator import tracking
+from orchestrator.evaluate.run_eval import EvalError
+from orchestrator.evaluate.sampling_sweep import SamplingSweepError, parse_knob, sampling_sweep
 
 
 @click.command("sample-sweep")
@@ -49,14 +55,6 @@ from alphaflow.errors import InputError, first_line
 def sample_sweep(target, knobs, optuna_trials, seed, metric, extractor, n, nfes, batch_size, eval_seed, reference,
                  ray_address, parallel, alias, model_name, threads, as_json, tracking_uri, run_dir):
     """Sweep sampling-time knobs of one trained generator: nested MLflow runs, a plot, optionally an alias."""
-    import torch
-    from mlflow.exceptions import MlflowException
-
-    from alphaflow.metrics import MetricsError
-    from orchestrator import tracking
-    from orchestrator.cli.eval import EvalError
-    from orchestrator.sampling_sweep import SamplingSweepError, parse_knob, sampling_sweep
-
     torch.set_num_threads(threads)
     echo = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     try:

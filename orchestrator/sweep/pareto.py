@@ -1,6 +1,6 @@
 """The non-dominated trials of a sweep on several objectives, read from MLflow, and their plot.
 
-A trial's point is what the search was told for it (orchestrator/objectives.py): each score's best so far
+A trial's point is what the search was told for it (orchestrator/spec/objectives.py): each score's best so far
 (`fid1_best`) and each cost's total (`wall_s`). Failed, lost and untrained trials (best at step 0) have no point,
 as they are never a best trial either. Points are numbered 1..K in the order `afsweep best --pareto` prints them
 (by the first objective), the numbers `--pick` takes and the plot labels.
@@ -8,12 +8,19 @@ as they are never a best trial either. Points are numbered 1..K in the order `af
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
+
 from orchestrator import tracking
-from orchestrator.objectives import SCORES, told_key
+from orchestrator.spec.objectives import SCORES, told_key
 
 PARETO_PNG = "pareto.png"
 PARETO_JSON = "pareto.json"
@@ -87,12 +94,7 @@ def point_dict(p: Point) -> dict:
 
 def pareto_png(points: list[Point], front: list[Point], objectives: dict[str, str], path: str, title: str = "") -> str:
     """Every pair of objectives: each trial a grey dot, the front in red with its numbers (what --pick takes)."""
-    import itertools
-
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     names = list(objectives)
     pairs = list(itertools.combinations(range(len(names)), 2))
@@ -121,10 +123,6 @@ def pareto_png(points: list[Point], front: list[Point], objectives: dict[str, st
 def log_front(client, parent_run_id: str, experiment_id: str, sweep: str, objectives: dict[str, str]) -> list[Point]:
     """At the end of a multi-objective sweep: the front as `pareto.png` and `pareto.json` on the parent run, and
     its size as the metric `pareto_size`."""
-    import json
-    import tempfile
-    from pathlib import Path
-
     points, front = sweep_points(client, experiment_id, sweep, objectives, finished_only=True)
     with tempfile.TemporaryDirectory(prefix="afsweep-pareto-") as d:
         if points:

@@ -8,12 +8,29 @@ and beta schedules of the sampled configurations.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import torch
+
+from alphaflow.config import ConfigError, apply_overrides
+from alphaflow.loss_weights import beta_weight, progress_s
+from alphaflow.metrics import load_extractor
+from alphaflow.schedules import schedule_value
+from alphaflow.timesteps import expected_one_minus_dt
+from alphaflow.train_state import TrainState
 from orchestrator.spec import SweepSpec
+from orchestrator.spec.objectives import search_objectives
+from orchestrator.spec.trial_config import domain_extractor, method_config
+from orchestrator.sweep.bounds import grace_period, max_total_steps
+from orchestrator.sweep.search import define_by_run, make_sampler
 
 
 @dataclass
@@ -27,13 +44,6 @@ class Plan:
 
 
 def plan_trials(spec: SweepSpec, n: int | None = None) -> Plan:
-    import optuna
-
-    from orchestrator.objectives import search_objectives
-    from orchestrator.sweep.search import define_by_run, make_sampler
-    from orchestrator.sweep.driver import grace_period, max_total_steps
-    from orchestrator.trial.config import method_config
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     n = n or spec.search.num_trials
     modes = search_objectives(spec.search).values()
@@ -64,11 +74,6 @@ def asha_rungs(grace: int, max_t: int, rf: float) -> list[int]:
 
 def time_steps(cfg, image_shape, num_classes: int, batch: int, steps: int = 3) -> float:
     """Seconds per optimizer step of one worker at this config's stages, averaged over alpha=1 and alpha=0 steps."""
-    import torch
-
-    from alphaflow.config import ConfigError, apply_overrides
-    from alphaflow.train_state import TrainState
-
     x = torch.randn(batch, *image_shape)
     y = torch.randint(0, num_classes, (batch,))
     costs = []
@@ -97,13 +102,6 @@ METRICS_S = 0.6   # per scored sampler at 1000 samples: FID, precision/recall, K
 def time_evaluation(spec: SweepSpec, cfg, image_shape, num_classes: int, probe: int = 250) -> float:
     """Seconds of one evaluation on rank 0: every sampler it scores (1 and 2 NFE, each extra EMA half-life at
     1 NFE, the N-step probe), each one's images through the extractor, and the metrics, at train.eval_samples."""
-    import numpy as np
-    import torch
-
-    from alphaflow.metrics import load_extractor
-    from alphaflow.train_state import TrainState
-    from orchestrator.trial.config import domain_extractor
-
     n = spec.train.eval_samples
     state = TrainState(cfg, image_shape=image_shape, num_classes=num_classes)
     noise, y = torch.randn(probe, *image_shape), torch.randint(0, num_classes, (probe,))
@@ -129,10 +127,6 @@ def estimate_cost(spec: SweepSpec, plan: Plan, image_shape, num_classes: int) ->
     """Wall, CPU and GPU seconds of the sweep: steps and evaluations at the times measured here, slowed by the
     trials' processes sharing this machine's cores, in waves of max_concurrent trials, plus the fixed costs of a
     sweep and of each trial. Every trial is counted to its last step: ASHA can only make it shorter."""
-    import os
-
-    import torch
-
     train = spec.train
     torch.set_num_threads(train.threads_per_worker)
     per_rank = max(1, plan.configs[0].batch_size // train.workers)
@@ -159,18 +153,7 @@ def estimate_cost(spec: SweepSpec, plan: Plan, image_shape, num_classes: int) ->
 
 def schedules_png(plan: Plan, path: str | Path, max_lines: int = 8) -> str:
     """Three panels: alpha(step) and ratio_fm(step) of each sampled configuration, and the Delta-t weight beta."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from alphaflow.schedules import schedule_value
-    from alphaflow.timesteps import expected_one_minus_dt
-    import torch
-
-    from alphaflow.loss_weights import beta_weight, progress_s
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for i, cfg in enumerate(plan.configs[:max_lines]):
         steps = np.linspace(0, cfg.total_steps, 200)

@@ -6,13 +6,13 @@ import logging
 from typing import Any
 
 import optuna
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from orchestrator.objectives import search_objectives, told_key
-from orchestrator.search_space import Fixed, grid_of
 from orchestrator.spec import SweepSpec
+from orchestrator.spec.objectives import search_objectives, told_key
+from orchestrator.spec.search_space import Fixed, grid_of
 
 log = logging.getLogger(__name__)
 

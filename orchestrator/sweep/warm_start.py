@@ -2,7 +2,7 @@
 
 Each earlier trial becomes an Optuna trial of the new study (`create_trial`): its parameters as MLflow recorded them
 (6 significant digits), read in the new search space, and its told values for the new sweep's objectives (a
-score's best so far, a cost's total; orchestrator/objectives.py). Completed trials are COMPLETE, ASHA-stopped ones
+score's best so far, a cost's total; orchestrator/spec/objectives.py). Completed trials are COMPLETE, ASHA-stopped ones
 PRUNED; failed, lost or running ones are left out. A trial with a value outside the new space (or a parameter the
 new space needs and it did not record) is left out, not clipped: its score was measured somewhere the new sweep
 does not search. Only values within the rounding of a bound are put on the bound. The best `warm_start_top`
@@ -19,9 +19,10 @@ import optuna
 
 from alphaflow.errors import InputError
 from orchestrator import tracking
-from orchestrator.objectives import search_objectives, told_key
-from orchestrator.search_space import Choice, Fixed, IntRange, Uniform
+from orchestrator.platform.places import hide_secret
 from orchestrator.spec import SweepSpec
+from orchestrator.spec.objectives import search_objectives, told_key
+from orchestrator.spec.search_space import Choice, Fixed, IntRange, Uniform
 from orchestrator.sweep.search import DefineByRun, _condition_holds
 
 ROUNDING = 1e-5   # MLflow params keep 6 significant digits: a bound read back may sit this far outside itself
@@ -52,8 +53,6 @@ class WarmStart:
 
 def resolve_sweep(client, experiment: str, name: str, uri: str) -> tuple[str, str]:
     """(experiment id, sweep name) of `warm_start`: a sweep of the experiment, or `latest`, its newest."""
-    from orchestrator.sweep.places import hide_secret
-
     where = f"experiment '{experiment}' at {hide_secret(uri)}"
     exp = client.get_experiment_by_name(experiment)
     known = tracking.sweep_names(client, exp.experiment_id) if exp else []

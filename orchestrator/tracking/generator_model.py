@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -24,8 +26,6 @@ def global_tracking_uri(uri: str):
     """MLflow's fluent API (log_model, and resolving a `models:/m-...` source when registering) uses the global
     tracking URI, and MLflow exports it to the environment (MLFLOW_TRACKING_URI, which mirrors the global one):
     set it for the block, then put it back (None unsets both)."""
-    import os
-
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
@@ -53,8 +53,6 @@ def _log(run_id: str, checkpoint_path: str, name: str, sampling: dict | None = N
         shutil.copytree(Path(alphaflow.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
         artifacts = {"checkpoint": checkpoint_path}
         if sampling:
-            import json
-
             settings = Path(tmp) / "sampling.json"
             settings.write_text(json.dumps(sampling))
             artifacts["sampling"] = str(settings)

@@ -9,10 +9,19 @@ folder, so the model loads where afsweep is not installed.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import mlflow
+import numpy as np
 import pydantic
+import torch
+
+from alphaflow.checkpoint import load_generator
+from alphaflow.config import config_from_dict, with_sampling
+from alphaflow.evaluation import LatentDecoder
+from alphaflow.sampling import sample
+from alphaflow.train_state import sampling_guidance
 
 
 class GenerateRequest(pydantic.BaseModel):
@@ -22,12 +31,6 @@ class GenerateRequest(pydantic.BaseModel):
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        import json
-
-        from alphaflow.checkpoint import load_generator
-        from alphaflow.config import apply_overrides, config_from_dict
-        from alphaflow.evaluation import LatentDecoder
-
         # a sampling sweep's best settings, when this version was registered with them (sampling.json)
         chosen = {}
         if "sampling" in context.artifacts:
@@ -38,19 +41,12 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.model.eval()
         data = self.info["extra"]["data"]
         self.decode = LatentDecoder(data["codec"], data["mean"], data["std"])
-        over = {f"sampling.{k}": v for k, v in chosen.items() if k not in ("half_life", "probe_steps")}
-        self.cfg = apply_overrides(config_from_dict(self.info["config"]), over)
+        self.cfg = with_sampling(config_from_dict(self.info["config"]), chosen)
         self.settings = {"t_mid": self.cfg.sampling.t_mid, "two_nfe": self.cfg.sampling.two_nfe, **chosen}
         self.num_classes = int(self.info["num_classes"])
 
     def predict(self, context, model_input: list[GenerateRequest], params: dict[str, Any] | None = None):
         """uint8 images (N, C, H, W), one per request; params: nfe (1 or 2), seed."""
-        import numpy as np
-        import torch
-
-        from alphaflow.sampling import sample
-        from alphaflow.train_state import sampling_guidance
-
         params = params or {}
         nfe, seed = int(params.get("nfe", 1)), int(params.get("seed", 0))
         if nfe not in (1, 2):

@@ -7,25 +7,18 @@ import hashlib
 import json
 import shlex
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ARGV_META = "afsweep.argv"   # where the CLI keeps its arguments as typed (click's context meta)
+from mlflow.entities import Dataset, DatasetInput, InputTag
+
+from orchestrator.platform.command_line import command_line
+
 COMMAND_TAG = "afsweep.command"
 VERSION_TAG = "afsweep.version"
 COMMIT_TAG = "mlflow.source.git.commit"   # MLflow's standard tag: the UI shows and links it
 DIRTY_TAG = "afsweep.source.dirty"        # "true" when the checkout had uncommitted changes
-
-
-def command_line() -> list[str]:
-    """`afsweep ...` as typed when the CLI runs (in this process or not), else this process's argv."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    typed = ctx.find_root().meta.get(ARGV_META) if ctx is not None else None
-    return ["afsweep", *typed] if typed is not None else list(sys.argv)
 
 
 def source_tags(argv: list[str] | None = None) -> dict[str, str]:
@@ -64,7 +57,5 @@ def manifest_dataset(manifest) -> dict[str, Any]:
 
 
 def log_dataset_input(client, run_id: str, dataset: dict[str, Any], context: str = "train") -> None:
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
     client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**dataset),
                                                      tags=[InputTag("mlflow.data.context", context)])])

@@ -1,1 +1,1 @@
-"""One trial: its typed config, the Ray Tune trainable that starts its Ray Train run, the worker loop."""
+"""One trial: the Ray Tune trainable that starts its Ray Train run, and the worker loop every rank runs."""

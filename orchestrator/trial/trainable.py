@@ -4,31 +4,28 @@ and the Tune callback that closes each trial's MLflow run whatever way it ended.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import ray.train
 from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
 
+from alphaflow.config import dotted_keys, flatten
 from orchestrator import tracking
+from orchestrator.platform.places import storage_filesystem
+from orchestrator.platform.ray_adapter import trainer_class
+from orchestrator.spec import SweepSpec
+from orchestrator.spec.trial_config import SweepContext, build_trial_config, trial_number
+from orchestrator.trial.worker import DIVERGED_KEY, train_loop
 
 SETTINGS_KEY = "afsweep"  # the trial config's static part; every other key is a searched method parameter
 DIVERGED_TAG = "afsweep.error"  # where the worker records the non-finite loss line
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The searched parameters of a trial, flat dotted keys (Tune may have nested them on '/')."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}/{k}" if prefix else k, v)
-        else:
-            out[prefix] = value
-
-    for k, v in config.items():
-        if k != SETTINGS_KEY:
-            walk(k, v)
-    return out
+    """The searched parameters of a trial, flat keys (Tune may have nested a dotted key on '/')."""
+    return dotted_keys({k: v for k, v in config.items() if k != SETTINGS_KEY}, sep="/")
 
 
 def trial_dirname(trial) -> str:
@@ -42,16 +39,6 @@ def trial_dirname(trial) -> str:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    import ray.train
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from alphaflow.config import flatten
-    from orchestrator.spec import SweepSpec
-    from orchestrator.sweep.places import storage_filesystem
-    from orchestrator.sweep.ray_adapter import trainer_class
-    from orchestrator.trial.config import SweepContext, build_trial_config, trial_number
-    from orchestrator.trial.worker import DIVERGED_KEY, train_loop
-
     settings = config[SETTINGS_KEY]
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
@@ -76,7 +63,7 @@ def run_trial(config: dict[str, Any]) -> None:
     train_fs, train_path = storage_filesystem(sweep.train_storage)
     trainer = trainer_class()(
         train_loop,
-        train_loop_config=trial.model_dump(mode="json"),
+        train_loop_config={"trial": trial},  # pickled as itself to every worker
         scaling_config=ray.train.ScalingConfig(
             num_workers=run.workers, use_gpu=run.use_gpu, resources_per_worker={"CPU": run.cpus_per_worker},
             placement_strategy=run.placement,
@@ -162,8 +149,6 @@ class DriverHeartbeat(tune.Callback):
         self._last = 0.0
 
     def beat(self) -> None:
-        import time
-
         interval = tracking.heartbeat_interval()
         if time.time() - self._last < interval:
             return

@@ -16,10 +16,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray.train
+import ray.train.torch
 import torch
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
+from alphaflow.data import make_train_loader, read_manifest
 from alphaflow.errors import first_line
-from orchestrator.objectives import new_best, update_best
+from alphaflow.evaluation import LatentDecoder, evaluate_generator, score_sampler
+from alphaflow.metrics import ReferenceStats, load_extractor
+from alphaflow.metrics.grid import grid_image
+from alphaflow.train_state import NonFiniteLossError, TrainState
+from orchestrator.platform.ray_adapter import quiet_train_report_lines
+from orchestrator.spec.objectives import new_best, update_best
+from orchestrator.spec.trial_config import TrialConfig
+from orchestrator.tracking import through_outages
 
 _logger = logging.getLogger("afsweep.worker")
 CHECKPOINT_FILE = "model.pt"
@@ -32,8 +44,6 @@ class RunLogger:
     """Rank 0's link to the trial's MLflow run: batched metric logging, artifacts, tags."""
 
     def __init__(self, tracking_uri: str, run_id: str):
-        from mlflow.tracking import MlflowClient
-
         # one quick attempt per call: our own loop (tracking.through_outages) waits out a server that is down
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -50,15 +60,11 @@ class RunLogger:
 
     def restarted_at(self, step: int) -> None:
         """A restarted attempt resumes from `step`: the metric `restarts` counts attempts, each at its step."""
-        from mlflow.entities import Metric
-
         done = self._call("reading the restarts", self.client.get_metric_history, self.run_id, "restarts")
         metric = Metric("restarts", float(len(done) + 1), int(time.time() * 1000), step)
         self._call("logging the restart", self.client.log_batch, self.run_id, metrics=[metric])
 
     def metrics(self, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         if step <= self.logged_until:
             return
         now = int(time.time() * 1000)
@@ -100,8 +106,6 @@ class RunLogger:
         self._call(f"setting {key}", self.client.set_tag, self.run_id, key, value)
 
     def _call(self, what: str, fn, *args, **kwargs):
-        from orchestrator.tracking import through_outages
-
         return through_outages(what, fn, *args, uri=self.uri, **kwargs)
 
 
@@ -148,22 +152,17 @@ class Evaluator:
     """Rank 0's evaluation: score 1- and 2-NFE samples (and the probes), keep the best, log grids and checkpoints."""
 
     def __init__(self, train_state, manifest, trial, log: RunLogger):
-        from alphaflow.evaluation import LatentDecoder
-        from alphaflow.metrics import ReferenceStats, load_extractor
-
         self.train_state, self.manifest, self.trial, self.log = train_state, manifest, trial, log
         self.extractor = load_extractor(trial.sweep.extractor)
         # this node's own copy (an S3 manifest's statistics are cached locally by read_manifest on each node)
         self.reference = ReferenceStats.load(manifest.fid_reference)
         self.decode = LatentDecoder.of(manifest)
-        self.best = new_best()  # what the search learns from (orchestrator/objectives.py)
+        self.best = new_best()  # what the search learns from (orchestrator/spec/objectives.py)
         self.data_info = {"mean": list(map(float, manifest.mean)), "std": list(map(float, manifest.std)),
                           "codec": manifest.codec, "dataset_id": manifest.dataset_id,
                           "class_names": list(manifest.class_names or [])}
 
     def _score(self, sample_fn) -> float:
-        from alphaflow.evaluation import score_sampler
-
         m, _, _ = score_sampler(sample_fn, self.decode, tuple(self.manifest.image_shape), self.manifest.num_classes,
                                 self.extractor, self.reference, self.trial.train.eval_samples)
         return m["fid"]
@@ -171,8 +170,6 @@ class Evaluator:
     def scores(self):
         """fid1, fid2 and their companions; fid1 of every extra EMA half-life (fid1_ema<h>); the N-step sampler of
         the instantaneous velocity u(z, t, t) (fid_v<N>, a probe of how well v is learned)."""
-        from alphaflow.evaluation import evaluate_generator
-
         cfg, train_state = self.trial.method, self.train_state
         result = evaluate_generator(
             sample_fn=lambda z, y, nfe: train_state.sample(z, y, nfe=nfe, ema=True), decode_fn=self.decode,
@@ -190,8 +187,6 @@ class Evaluator:
     def sample_grid(self, result, step: int) -> None:
         """The 1- and 2-NFE grids as MLflow images with their step (`samples_nfe1`, `samples_nfe2`): the run's
         image view shows them on a step slider."""
-        from alphaflow.metrics.grid import grid_image
-
         for nfe, images in sorted(result.images.items()):
             self.log.image(grid_image(images, result.labels), f"samples_nfe{nfe}", step)
 
@@ -220,8 +215,6 @@ class Evaluator:
 
 def _report(step: int, total: int, evaluator: Evaluator | None, cost, means, position, score: bool = True) -> None:
     """Every rank reports at the same steps; rank 0 adds a checkpoint, and its scores when `score`."""
-    import ray.train
-
     metrics: dict[str, Any] = {"step": step, "total_steps": total}
     if evaluator is None:
         ray.train.report(metrics)
@@ -241,8 +234,6 @@ DIVERGED_FILE = "diverged.txt"  # ... and its checkpoint, which holds only that 
 def _report_divergence(message: str, step: int, total: int, rank0: bool) -> None:
     """The trial's last report: the error line, in a checkpoint of its own so the trial function reads it from
     the Train result (Ray Train's result carries the metrics of the latest checkpoint)."""
-    import ray.train
-
     metrics = {"step": step, "total_steps": total, DIVERGED_KEY: message}
     if not rank0:
         ray.train.report(metrics)
@@ -254,16 +245,8 @@ def _report_divergence(message: str, step: int, total: int, rank0: bool) -> None
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch
-
-    from alphaflow.data import make_train_loader, read_manifest
-    from alphaflow.train_state import NonFiniteLossError, TrainState
-    from orchestrator.sweep.ray_adapter import quiet_train_report_lines
-    from orchestrator.trial.config import TrialConfig
-
     quiet_train_report_lines()
-    trial = TrialConfig.model_validate(config)
+    trial: TrialConfig = config["trial"]
     cfg, train = trial.method, trial.train
     torch.set_num_threads(train.threads_per_worker)
     ctx = ray.train.get_context()

@@ -23,7 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import matplotlib
+import matplotlib.pyplot as plt
+import optuna
+import ray
+import torch
+from mlflow.entities import Metric, Param
+
+from alphaflow.checkpoint import load_generator, load_state
+from alphaflow.config import config_from_dict, with_sampling
 from alphaflow.errors import InputError
+from alphaflow.evaluation import LatentDecoder, score_sampler
+from alphaflow.metrics import ReferenceStats, load_extractor
+from alphaflow.sampling import sample, sample_n_step
+from alphaflow.train_state import EVAL_NOISE_SEED, sampling_guidance
+from orchestrator.evaluate.run_eval import download_checkpoint, reference_for, resolve_run_id
+from orchestrator.spec.trial_config import DOMAIN_EXTRACTOR
+from orchestrator.tracking.generator_model import global_tracking_uri, log_generator_model
+from orchestrator.tracking.registry import registered_model_of
 
 KNOBS: dict[str, type] = {"guidance": float, "guidance_t_min": float, "guidance_t_max": float, "t_mid": float,
                           "two_nfe": str, "half_life": float, "probe_steps": int}
@@ -85,16 +102,12 @@ class Generator:
     info: dict | None = None
 
     def model(self, half_life: float | None):
-        from alphaflow.checkpoint import load_generator
-
         if half_life not in self.models:
             self.models[half_life], self.info = load_generator(self.path, ema=True, half_life=half_life)
         return self.models[half_life]
 
 
 def check_knobs(knobs: list[Knob], info: dict, ema_keys: list[str]) -> None:
-    from alphaflow.config import config_from_dict
-
     cfg = config_from_dict(info["config"])
     names = {k.name for k in knobs}
     if names & set(GUIDANCE_KNOBS) and not cfg.guidance.conditioned:
@@ -117,18 +130,10 @@ def check_knobs(knobs: list[Knob], info: dict, ema_keys: list[str]) -> None:
 def score_point(gen: Generator, settings: dict[str, Any], extractor, reference, n: int, nfes: tuple[int, ...],
                 seed: int, batch_size: int) -> dict[str, float]:
     """fid1 / fid2 (and fid_probe with probe_steps) of the generator sampled with `settings`."""
-    import torch
-
-    from alphaflow.config import apply_overrides, config_from_dict
-    from alphaflow.evaluation import LatentDecoder, score_sampler
-    from alphaflow.sampling import sample, sample_n_step
-    from alphaflow.train_state import EVAL_NOISE_SEED, sampling_guidance
-
     model = gen.model(settings.get("half_life"))
     info = gen.info
     cfg = config_from_dict(info["config"])
-    over = {f"sampling.{k}": v for k, v in settings.items() if k not in ("half_life", "probe_steps")}
-    cfg = apply_overrides(cfg, over)
+    cfg = with_sampling(cfg, settings)
     s = cfg.sampling
     data = info["extra"]["data"]
     decode = LatentDecoder(data.get("codec", "identity"), data["mean"], data["std"])
@@ -154,10 +159,6 @@ def score_point(gen: Generator, settings: dict[str, Any], extractor, reference, 
 
 def _ray_score(path, settings, extractor_id, reference_path, n, nfes, seed, batch_size):
     """The same point on a Ray worker: loads the checkpoint, extractor and reference itself."""
-    import torch
-
-    from alphaflow.metrics import ReferenceStats, load_extractor
-
     torch.set_num_threads(1)
     return score_point(Generator(path), settings, load_extractor(extractor_id), ReferenceStats.load(reference_path),
                        n, nfes, seed, batch_size)
@@ -210,8 +211,6 @@ def grid_asker(points_list: list[dict[str, Any]], batch: int):
 
 
 def optuna_asker(knobs: list[Knob], trials: int, metric: str, seed: int, batch: int):
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
     pending: list = []
@@ -244,10 +243,7 @@ def optuna_asker(knobs: list[Knob], trials: int, metric: str, seed: int, batch: 
 
 def plot_png(points: list[Point], knobs: list[str], metrics: list[str], path: str) -> None:
     """fid vs the first knob; one line per value of the other knobs (a legend entry per combination)."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     x_knob = knobs[0]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
@@ -283,11 +279,6 @@ def sampling_sweep(client, tracking_uri: str, target: str, knobs: list[Knob], *,
                    ray_address: str | None = None, parallel: int = 2, register_alias: str | None = None,
                    model_name: str | None = None, echo=print) -> SweepResult:
     """Run a sampling sweep over the trial behind `target` (a run id or models:/NAME@ALIAS)."""
-    from alphaflow.checkpoint import load_state
-    from alphaflow.metrics import load_extractor
-    from orchestrator.cli.eval import download_checkpoint, reference_for, resolve_run_id
-    from orchestrator.trial.config import DOMAIN_EXTRACTOR
-
     if not knobs:
         raise SamplingSweepInputError("no --knob given: name at least one sampling knob (e.g. --knob t_mid=0.3,0.5)")
     if len({k.name for k in knobs}) != len(knobs):
@@ -328,7 +319,6 @@ def sampling_sweep(client, tracking_uri: str, target: str, knobs: list[Knob], *,
             "mlflow.parentRunId": run_id, "afsweep.kind": POINT_KIND, "afsweep.sampling_sweep": sweep_id,
             "afsweep.sampling_of_sweep": trial.data.tags.get("afsweep.sweep", "")})
         p.run_id = r.info.run_id
-        from mlflow.entities import Metric, Param
 
         params = [Param(k, str(v)) for k, v in p.settings.items()]
         params += [Param("extractor", extractor.id), Param("eval_n", str(n)), Param("trial_run", run_id)]
@@ -341,8 +331,6 @@ def sampling_sweep(client, tracking_uri: str, target: str, knobs: list[Knob], *,
     score = lambda s: score_point(gen, s, extractor, ref, n, nfes, eval_seed, batch_size)  # noqa: E731
     remote, started_ray = None, False
     if ray_address:
-        import ray
-
         if not ray.is_initialized():
             ray.init(address=None if ray_address == "local" else ray_address, include_dashboard=False,
                      log_to_driver=False)
@@ -384,12 +372,8 @@ def register_with_settings(client, tracking_uri: str, run_id: str, checkpoint: s
                            model_name: str | None, alias: str, why: str) -> str:
     """A new registry version of the trial's generator whose packaged sampling.json holds `settings`, and `alias`
     pointing at it."""
-    from orchestrator.tracking.generator_model import global_tracking_uri, log_generator_model
-
     if not model_name:
-        from orchestrator.cli import _registered_model_of
-
-        model_name = _registered_model_of(client, run_id)
+        model_name = registered_model_of(client, run_id)
     with global_tracking_uri(tracking_uri):
         model_uri = log_generator_model(tracking_uri, run_id, checkpoint, "generator_sampling",
                                         sampling=settings)

@@ -15,6 +15,10 @@ import logging
 import os
 from pathlib import Path
 
+from ray._private import ray_constants
+from ray._raylet import Config
+from ray.train.torch import TorchTrainer
+
 
 def train_report_logger_name() -> str | None:
     try:
@@ -40,7 +44,6 @@ def use_token_auth_if_available() -> bool:
     if not (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
         return False
     os.environ["RAY_AUTH_MODE"] = "token"
-    from ray._raylet import Config
 
     Config.initialize("")  # Ray read its config at import: make it see the mode (as Ray's own setup does)
     return True
@@ -50,8 +53,6 @@ def keep_local_cluster_on_loopback() -> None:
     """A one-machine cluster: every Ray address on loopback (Ray otherwise resolves 127.0.0.1 to the machine's
     network address, and a single-node cluster needs no other). The variable is read at import: set the constant."""
     if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") == "0":
-        from ray._private import ray_constants
-
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
@@ -85,8 +86,6 @@ def datasets_callback_class():
 def trainer_class():
     """TorchTrainer, without Ray Data's per-worker-group DatasetManager actor when the trainer has no datasets
     (every afsweep trial): one process less per trial start and per restart, each importing Ray Data."""
-    from ray.train.torch import TorchTrainer
-
     callback = datasets_callback_class()
     if not lean_train() or callback is None:
         return TorchTrainer

@@ -10,17 +10,25 @@ A driver on another machine that is given the same three URLs can `status`, `bes
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from alphaflow.errors import first_line
+import pyarrow.fs as pafs
+import ray
+import sqlalchemy
+
+from alphaflow.data import storage as data_storage
+from alphaflow.errors import InputError, first_line
 
 SPEC_COPY = "afsweep_spec.yaml"  # the frozen spec, in the sweep's storage folder: what `resume` rebuilds from
 
 
-class PlaceError(RuntimeError):
+class PlaceError(RuntimeError, InputError):
     """A storage URL that cannot be used (unreachable, refused, wrong credentials): exit 2, before any trial."""
 
 
@@ -71,17 +79,23 @@ class SweepPlaces:
         return out
 
 
+def default_tracking_uri(run_dir: Path) -> str:
+    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(explicit: str | None, run_dir: Path) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(run_dir)
+
+
 def resolve_places(run_dir: Path, storage: str | None, optuna_url: str | None, tracking_uri: str | None
                    ) -> SweepPlaces:
-    from orchestrator import tracking
-
     run_dir = Path(run_dir).resolve()
     local = storage or str(run_dir / "ray")
     if not is_uri(local):
         local = str(Path(local.removeprefix("file://")).resolve())
     return SweepPlaces(run_dir=run_dir, storage=local,
                        optuna_url=optuna_url or f"sqlite:///{run_dir / 'optuna.db'}",
-                       tracking_uri=tracking.resolve_tracking_uri(tracking_uri, run_dir))
+                       tracking_uri=resolve_tracking_uri(tracking_uri, run_dir))
 
 
 # --- the filesystem Ray Tune and Ray Train write through ----------------------------------------------------------
@@ -113,8 +127,6 @@ def _patient_s3(options: dict, attempts: int):
     """An S3FileSystem whose retry strategy survives pickling: pyarrow's own pickle drops `retry_strategy`, so a
     copy sent to Ray Train's controller and workers would give up after ~1 s again (measured: 37 s of retries in
     the process that built it, 0.8 s in its unpickled copy)."""
-    import pyarrow.fs as pafs
-
     class PatientS3FileSystem(pafs.S3FileSystem):
         def __init__(self):
             super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts), **options)
@@ -129,8 +141,6 @@ def _patient_s3(options: dict, attempts: int):
 
 
 def _fs(location: str, patient: bool = True):
-    import pyarrow.fs as pafs
-
     if location.startswith("s3://"):
         return storage_filesystem(location, patient)
     if is_uri(location):
@@ -147,8 +157,6 @@ def write_text(location: str, text: str, patient: bool = True) -> None:
 
 def read_text(location: str) -> str | None:
     """The file's text, or None when it does not exist."""
-    import pyarrow.fs as pafs
-
     fs, path = _fs(location)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return None
@@ -180,7 +188,6 @@ def check_optuna_storage(url: str) -> None:
     """The study's database answers (a refused or unknown PostgreSQL URL fails here, its password hidden)."""
     if url.startswith("sqlite:"):
         return
-    import sqlalchemy
 
     try:
         engine = sqlalchemy.create_engine(url, connect_args=_connect_timeout(url))
@@ -201,8 +208,6 @@ def _connect_timeout(url: str) -> dict:
 
 def cluster_node_count() -> int:
     """Alive nodes of the connected Ray cluster."""
-    import ray
-
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
@@ -226,10 +231,6 @@ def credentials_out_of_ray_env() -> str | None:
     each trial's runtime environment, which Ray writes in plain text to its session logs. Move them into a private
     credentials file (0600, in a 0700 folder) that the AWS chain reads through AWS_SHARED_CREDENTIALS_FILE, and out
     of the environment. Returns the file (removed when the driver exits), or None when there was nothing to move."""
-    import atexit
-    import shutil
-    import tempfile
-
     keys = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
             "AWS_SESSION_TOKEN": "aws_session_token", "AWS_SECURITY_TOKEN": "aws_security_token"}
     found = {name: os.environ[name] for name in keys if os.environ.get(name)}
@@ -245,7 +246,6 @@ def credentials_out_of_ray_env() -> str | None:
         del os.environ[name]
     os.environ["AWS_SHARED_CREDENTIALS_FILE"] = path
     os.environ.pop("AWS_PROFILE", None)  # the file holds the one profile: default
-    from alphaflow.data import storage
 
-    storage.reset_clients()  # boto3 clients made before read the environment; new ones read the file
+    data_storage.reset_clients()  # boto3 clients made before read the environment; new ones read the file
     return path

@@ -2,7 +2,7 @@
 
 `validate`, `preview`, the ASHA bounds and every trial call `build_trial_config` (or `method_config`, its method
 part), so a setting is resolved once: the preset, the spec's overrides, the searched values, the trial's seed.
-The object crosses Ray Tune and Ray Train as `model_dump()` and is rebuilt in the worker with `model_validate`.
+The object crosses Ray Train to every worker as itself (pickled); it is dumped only for MLflow params.
 """
 
 from __future__ import annotations
@@ -10,20 +10,18 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from alphaflow.config import TrainConfig, apply_overrides
-from orchestrator.spec import METHOD_KEY, PRESET_KEY, DataSpec, SweepSpec, TrainSpec
+from alphaflow.config import TrainConfig, apply_overrides, dotted_keys
+from alphaflow.presets import get_preset
+from orchestrator.spec.models import METHOD_KEY, PRESET_KEY, DataSpec, SweepSpec, TrainSpec
+from orchestrator.spec.strict import Strict
 
 # feature extractor of the sweep's fid1/fid2 per built-in data set (others: the Fashion-MNIST CNN)
 DOMAIN_EXTRACTOR = {"fashion-mnist": "fashion-mnist-cnn", "digits": "digits-cnn"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SweepContext(_Strict):
+class SweepContext(Strict):
     """What only the running sweep knows: where its data, runs and storage are. None outside a sweep."""
     sweep_name: str
     parent_run_id: str
@@ -36,7 +34,7 @@ class SweepContext(_Strict):
     dataset: dict[str, Any] | None = None                    # the trials' MLflow dataset input
 
 
-class TrialConfig(_Strict):
+class TrialConfig(Strict):
     """The method config of one trial beside the spec's own data and train sections (not copies of their keys) and,
     in a sweep, the sweep's context and the trial's MLflow run."""
     method: TrainConfig
@@ -61,17 +59,16 @@ def method_config(spec: SweepSpec, params: dict[str, Any], trial_number: int | N
     """The method config of one trial: the preset (the searched one, else the spec's), the spec's overrides, the
     chosen method's overrides (`methods`), the other searched values, and (in a sweep) a seed offset per trial so
     trials do not share noise, unless the seed is searched or set by the method."""
-    from alphaflow.presets import get_preset
-
-    cfg = apply_overrides(get_preset(params.get(PRESET_KEY, spec.base.preset)), spec.base.overrides)
     bundle = method_overrides(spec, params[METHOD_KEY]) if METHOD_KEY in params else {}
-    cfg = apply_overrides(cfg, bundle)
-    cfg = apply_overrides(cfg, {k: v for k, v in params.items() if k not in (PRESET_KEY, METHOD_KEY)})
+    searched = {k: v for k, v in params.items() if k not in (PRESET_KEY, METHOD_KEY)}
     # a searched seed is the trial's seed as it is: trials of a grid over methods x seeds pair by it (the same
     # initial weights, data order and per-step noise seeds for every method at one seed)
+    per_trial = {}
     if trial_number is not None and "seed" not in params and "seed" not in bundle:
-        cfg = apply_overrides(cfg, {"seed": spec.search.seed * 1000 + trial_number})
-    return cfg
+        per_trial = {"seed": spec.search.seed * 1000 + trial_number}
+    # later layers win key by key (apply_overrides sets dotted leaves), and the result is validated once
+    layers = {**dotted_keys(spec.base.overrides), **dotted_keys(bundle), **dotted_keys(searched), **per_trial}
+    return apply_overrides(get_preset(params.get(PRESET_KEY, spec.base.preset)), layers)
 
 
 def build_trial_config(spec: SweepSpec, params: dict[str, Any], sweep: SweepContext | None = None,

@@ -5,17 +5,14 @@ value (`representative`). A spec's `search.space` maps dotted method keys to the
 from __future__ import annotations
 
 import math
-
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from orchestrator.spec.strict import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Dist(_Strict):
+class _Dist(Strict):
     """A search-space distribution: what Optuna draws (`suggest`), the values that bound what it can produce
     (`extremes`: checked against the method's constraints and used for ASHA's bounds), and one typical value."""
     # `when: {param: value}` or `when: {param: [v1, v2]}`: the parameter exists only if the other has that value
