@@ -14,6 +14,9 @@ RUN_DIR_OPTION = click.option(
 )
 
 
+TRACKING_URI_OPTION = click.option("--tracking-uri", default=None,
+                                   help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or the run dir's.")
+
 
 class BadArgument(ValueError, InputError):
     """A command-line argument that cannot be used (exit 2, one line)."""

@@ -1,6 +1,6 @@
 """`afsweep data`: prepare latent shards + manifest from a built-in data set, an image folder or numpy arrays,
-and inspect (or verify) a prepared manifest. Errors are alphaflow.data.DataError: orchestrator/cli/__init__.py prints them
-as one line and exits 2 for bad arguments (DataInputError), 1 otherwise."""
+and inspect (or verify) a prepared manifest. Errors are alphaflow.data.DataError: orchestrator/cli/main.py prints
+them as one line and exits 2 for bad arguments (DataInputError), 1 otherwise."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from alphaflow.errors import InputError, first_line
 from alphaflow.metrics import MetricsError
 from orchestrator import tracking
+from orchestrator.cli.common import TRACKING_URI_OPTION
 from orchestrator.evaluate.run_eval import EvalError, evaluate_run, log_results, resolve_run_id
 
 
@@ -42,7 +43,7 @@ def _fail(msg: str, code: int = 1):
               help="Test images behind reference statistics computed here.")
 @click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)
 @click.option("--no-log", is_flag=True, help="Print only; log nothing to MLflow.")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or the run dir's.")
+@TRACKING_URI_OPTION
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("afsweep-runs"),
               show_default=True, help="Where the MLflow store and cached reference statistics are.")
 def eval_command(target, extractor, n, nfes, batch_size, seed, reference, reference_n, threads, no_log,

@@ -8,7 +8,7 @@ import json
 import click
 
 from orchestrator import tracking
-from orchestrator.cli.common import RUN_DIR_OPTION, BadArgument, fmt, swept_keys
+from orchestrator.cli.common import RUN_DIR_OPTION, TRACKING_URI_OPTION, BadArgument, fmt, swept_keys
 from orchestrator.platform.places import hide_secret
 from orchestrator.spec.objectives import parse_objectives
 from orchestrator.sweep.pareto import point_dict, sweep_points
@@ -20,7 +20,7 @@ from orchestrator.sweep.pareto import point_dict, sweep_points
 @click.option("--top", type=click.IntRange(1, 1000), default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--experiment", default="afsweep", show_default=True)
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or the run dir's.")
+@TRACKING_URI_OPTION
 @click.option("--register", "alias", default=None, help="Point this registry alias at the best trial's model.")
 @click.option("--model-name", default=None, help="Registered model name for --register (default afsweep-<dataset>).")
 @click.option("--pareto", is_flag=True, help="The non-dominated trials on the sweep's objectives (search.objectives).")
@@ -112,7 +112,7 @@ def _best_pareto(client, uri, exp, sweep, objectives, alias, pick, model_name, a
 @click.command()
 @click.argument("sweep_name", metavar="[SWEEP]", required=False)
 @click.option("--experiment", default="afsweep", show_default=True)
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI; default: $MLFLOW_TRACKING_URI or the run dir's.")
+@TRACKING_URI_OPTION
 @click.option("--json", "as_json", is_flag=True)
 @RUN_DIR_OPTION
 def status(sweep_name, experiment, tracking_uri, as_json, run_dir):

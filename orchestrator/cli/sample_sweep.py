@@ -1,7 +1,8 @@
 """`afsweep sample-sweep`: sampling-time knobs of a trained trial or registered model, scored without retraining.
 
     afsweep sample-sweep RUN_ID --knob t_mid=0.3,0.5,0.7 --knob half_life=25,100
-    afsweep sample-sweep models:/afsweep-fashion-mnist@best-fid1 --knob guidance=1:4 --optuna 12 --register best-sampling
+    afsweep sample-sweep models:/afsweep-fashion-mnist@best-fid1 --knob guidance=1:4 --optuna 12 \
+        --register best-sampling
     afsweep sample-sweep RUN_ID --knob probe_steps=1,2,4,8 --metric fid_probe --ray local
 
 The logic lives in orchestrator/evaluate/sampling_sweep.py.

@@ -37,7 +37,8 @@ def quiet_train_report_lines() -> None:
 
 def use_token_auth_if_available() -> bool:
     """Ray 2.60 clusters require a token; a connecting driver stays in 'disabled' mode unless told, even when the
-    token file is there. Use the token when one is available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."""
+    token file is there. Use the token when one is available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
+    ~/.ray/auth_token)."""
     if "RAY_AUTH_MODE" in os.environ:
         return False
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))

@@ -5,7 +5,7 @@ value (`representative`). A spec's `search.space` maps dotted method keys to the
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -99,7 +99,7 @@ class Fixed(_Dist):
         return {"value": self.value}
 
 
-Distribution = Annotated[Union[Uniform, LogUniform, IntRange, Choice, Fixed], Field(discriminator="type")]
+Distribution = Annotated[Uniform | LogUniform | IntRange | Choice | Fixed, Field(discriminator="type")]
 
 
 def grid_of(space: dict[str, Any]) -> dict[str, list[Any]]:

@@ -12,9 +12,9 @@ import itertools
 import json
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt

@@ -1,5 +1,5 @@
-"""One Tune trial: a function trainable that runs a Ray Train TorchTrainer (the Train V2 pattern, docs/platform.md#function-trainables),
-and the Tune callback that closes each trial's MLflow run whatever way it ended.
+"""One Tune trial: a function trainable that runs a Ray Train TorchTrainer (the Train V2 pattern,
+docs/platform.md#function-trainables), and the Tune callback that closes each trial's MLflow run whatever way it ended.
 """
 
 from __future__ import annotations

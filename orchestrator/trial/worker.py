@@ -274,7 +274,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
     d = trial.data
     loader = make_train_loader(trial.sweep.manifest, batch_size=max(1, cfg.batch_size // world), rank=rank,
-                               world_size=world, seed=cfg.seed, mode=d.order, num_workers=d.loader_workers, position=position,
+                               world_size=world, seed=cfg.seed, mode=d.order, num_workers=d.loader_workers,
+                               position=position,
                                on_corrupt=d.on_corrupt, verify=d.verify, cache_dir=d.cache_dir,
                                device=train_state.device)
     clock = CostClock(world, log.spent_before if log else dict.fromkeys(COST_KEYS, 0.0))
