@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
+from alphaflow.config import config_from_dict
 from alphaflow.errors import first_line
+from alphaflow.model import build_model
 
 FORMAT = 1
 
@@ -52,9 +54,6 @@ def load_state(path: str) -> dict[str, Any]:
 def load_generator(path: str, ema: bool = True, half_life: float | None = None):
     """(model, info) for inference: the DiT with its EMA weights (or the online ones when ema=False), in eval
     mode. info: {"config": dict, "image_shape": tuple, "num_classes": int, "extra": dict, "step": int}."""
-    from alphaflow.config import config_from_dict
-    from alphaflow.model import build_model
-
     state = load_state(path)
     cfg = config_from_dict(state["config"])
     shape = tuple(int(v) for v in state["image_shape"])

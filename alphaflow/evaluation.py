@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from alphaflow.data import get_codec
 from alphaflow.metrics import sample_metrics
 
 # sample_fn(noise, labels, nfe) -> latents in the normalised space
@@ -23,8 +24,6 @@ class LatentDecoder:
     """Normalised latents -> uint8 images: undo the data set's per-channel normalisation, then its codec."""
 
     def __init__(self, codec: str, mean, std):
-        from alphaflow.data import get_codec
-
         self.codec = get_codec(codec)
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)

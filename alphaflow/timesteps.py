@@ -11,6 +11,7 @@ r_ut, U(0, 1) for uniform), `logit_normal` (fm_mu, fm_sigma), `uniform`, or any 
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -78,7 +79,6 @@ def sample_times(batch_size: int, ratio_fm: float, cfg, generator: torch.Generat
 def _expected_one_minus_dt(sampler: str, mu: float, sigma: float) -> float:
     if sampler == "uniform":
         return 2.0 / 3.0            # E|a - b| = 1/3 for two U(0, 1) draws
-    from types import SimpleNamespace
 
     cfg = SimpleNamespace(sampler=sampler, mu=mu, sigma=sigma)
     g = torch.Generator().manual_seed(12345)

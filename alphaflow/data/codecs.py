@@ -53,7 +53,7 @@ class VAECodec:
     stacked on the channel axis (2C channels), and the loader draws z = mean + std * eps each time it is read."""
 
     def __init__(self, path: str, device: str = "cpu", batch_size: int = 32):
-        try:
+        try:  # diffusers is the optional `vae` extra
             from diffusers import AutoencoderKL
         except ImportError:
             raise DataError(f"vae:{path}: the VAE codec needs diffusers (pip install 'afsweep[vae]')") from None

@@ -36,8 +36,9 @@ import threading
 import warnings
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,8 +47,14 @@ from alphaflow.data import storage
 from alphaflow.data.errors import DataError
 from alphaflow.data.manifest import Manifest, read_manifest
 from alphaflow.data.normalize import LatentNormalizer
-from alphaflow.data.shards import (DecodedShard, decode_samples, decode_shard, is_regular_size, sample_period,
-                                   sha256_bytes)
+from alphaflow.data.shards import (
+    DecodedShard,
+    decode_samples,
+    decode_shard,
+    is_regular_size,
+    sample_period,
+    sha256_bytes,
+)
 
 log = logging.getLogger("alphaflow.data")
 
@@ -204,8 +211,6 @@ class _Reader:
     def _bytes(self, i: int):
         rec = self.m.shards[i]
         if self.cache_dir and storage.is_s3(rec.url):
-            from pathlib import Path
-
             local = Path(self.cache_dir) / f"{rec.sha256}.tar"
             if local.exists() and local.stat().st_size == rec.bytes:
                 return storage.map_local(str(local), rec.bytes)
@@ -285,7 +290,7 @@ class _WorkerChunks:
 class _SlotStream(torch.utils.data.IterableDataset):
     """The batches of this rank's slots; in a DataLoader worker, chunks of batches of the slot that worker serves."""
 
-    def __init__(self, loader: "TrainLoader", pool: _ChunkPool | None = None):
+    def __init__(self, loader: TrainLoader, pool: _ChunkPool | None = None):
         super().__init__()
         self.pool = pool
         self.m = loader.manifest

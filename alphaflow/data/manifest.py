@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from alphaflow.data import storage
 from alphaflow.data.errors import DataError
@@ -63,9 +65,6 @@ def manifest_url(url: str) -> str:
 def write_manifest(dest: str, records: list[ShardRecord], fields: dict, element_mean: np.ndarray,
                    element_std: np.ndarray) -> str:
     """Write stats.npz, then manifest.parquet (last, so a manifest never points at missing files). Returns its URL."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     buf = io.BytesIO()
     np.savez(buf, mean=element_mean.astype(np.float32), std=element_std.astype(np.float32))
     _put(buf.getvalue(), storage.join(dest, STATS_NAME))
@@ -116,9 +115,6 @@ def _local_copy(url: str) -> str:
 
 def read_manifest(url: str) -> Manifest:
     """Read and check a manifest (a folder, S3 prefix or the .parquet itself). Anything wrong: one-line DataError."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     url = manifest_url(url)
     raw = storage.read_bytes(url)
     try:

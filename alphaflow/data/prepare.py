@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
+from PIL import Image
 
 from alphaflow.data import storage
 from alphaflow.data.codecs import IdentityCodec, get_codec
@@ -19,6 +20,7 @@ from alphaflow.data.errors import DataError, DataInputError
 from alphaflow.data.manifest import FID_REFERENCE_NAME, write_manifest
 from alphaflow.data.shards import ShardSink
 from alphaflow.data.sources import BUILTIN_DATASETS, FASHION_MNIST_CLASSES, load_builtin
+from alphaflow.metrics import compute_reference_stats
 
 Progress = Callable[[str, int, int], None]   # (stage, done, total); total 0 when unknown
 CHUNK = 1024                                 # images encoded and written per step
@@ -119,8 +121,6 @@ def _chunks(images: np.ndarray, labels: np.ndarray, encode, seed: int) -> Iterat
 
 def _compute_reference(images: np.ndarray, extractor_id: str, dataset_id: str, path: str) -> None:
     """FID reference statistics by the metrics package; its failures become a one-line DataError."""
-    from alphaflow.metrics import compute_reference_stats
-
     try:
         compute_reference_stats(images, extractor_id, dataset_id).save(path)
     except DataError:
@@ -215,8 +215,6 @@ def prepare_arrays(path: str, out_dir: str, *, vae: str | None = None, store: st
 
 def _load_image(path: Path, resolution: int, channels: int) -> np.ndarray:
     """Center-crop to a square, resize to resolution (bicubic), as uint8 (C, H, W)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im = im.convert("RGB" if channels == 3 else "L")

@@ -13,11 +13,13 @@ import io
 import logging
 import os
 import struct
+import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import webdataset as wds
 
 from alphaflow.data import storage
 from alphaflow.data.errors import DataError
@@ -58,8 +60,6 @@ class ShardSink:
     """
 
     def __init__(self, dest: str, shard_bytes: int, num_classes: int, progress=None):
-        import webdataset as wds
-
         self._wds = wds
         self.dest = dest
         self.shard_bytes = max(int(shard_bytes), 1)
@@ -137,7 +137,7 @@ class DecodedShard:
     valid: np.ndarray        # (n,) bool: False for a corrupt sample
     corrupt: list[str] = field(default_factory=list)   # "key: why" for each corrupt sample
 
-    def part(self, lo: int, hi: int) -> "DecodedShard":
+    def part(self, lo: int, hi: int) -> DecodedShard:
         """Samples [lo, hi) (views, no copy)."""
         if (lo, hi) == (0, len(self.keys)):
             return self
@@ -226,8 +226,6 @@ def _tarfile_members(data, url: str, archive_end: bool = True):
     """_tar_members by the standard library's tarfile (which checks every header's checksum): the same
     (name, offset, size) triples and the same kinds of DataError. archive_end=False: `data` is a run of members cut
     out of a tar, which simply ends."""
-    import tarfile
-
     n = len(data)
     try:
         tar = tarfile.open(fileobj=_BufferFile(data), mode="r:")
@@ -321,7 +319,8 @@ def decode_samples(data, url: str, sample_shape, dtype, count: int) -> DecodedSh
     return _decode_regular(data, url, tuple(sample_shape), np.dtype(dtype), count, archive_end=False)
 
 
-def _decode_regular(data, url: str, sample_shape, dtype, expected: int, archive_end: bool = True) -> DecodedShard | None:
+def _decode_regular(data, url: str, sample_shape, dtype, expected: int,
+                    archive_end: bool = True) -> DecodedShard | None:
     """The fast path for shards laid out as ours are (each sample `<key>.cls` then `<key>.npy`, every sample the
     same size): every header is checked (by numpy over all of them at once, or by tarfile), and the latents stay
     a strided view of `data`. Returns None when the layout differs in any way; the general parser then decides.
@@ -417,7 +416,8 @@ def _regular_by_tarfile(data, url: str, n: int, period: int, key_len: int, npy_s
     return np.asarray(keys, dtype=str), sizes[0::2]
 
 
-def decode_shard(data: bytes, url: str, sample_shape: tuple[int, ...], dtype, expected: int | None = None) -> DecodedShard:
+def decode_shard(data: bytes, url: str, sample_shape: tuple[int, ...], dtype,
+                 expected: int | None = None) -> DecodedShard:
     """All samples of one shard. A damaged tar or a sample count other than `expected` raises DataError; a sample
     whose .npy or .cls is missing or unreadable, or has another shape, is marked invalid (the caller decides)."""
     dtype = np.dtype(dtype)
@@ -425,7 +425,8 @@ def decode_shard(data: bytes, url: str, sample_shape: tuple[int, ...], dtype, ex
         fast = _decode_regular(data, url, tuple(sample_shape), dtype, expected)
         if fast is not None:
             return fast
-    cap = expected if expected is not None else max(1, len(data) // (dtype.itemsize * int(np.prod(sample_shape)) + 1024))
+    sample_bytes = dtype.itemsize * int(np.prod(sample_shape)) + 1024
+    cap = expected if expected is not None else max(1, len(data) // sample_bytes)
     latents = np.zeros((cap, *sample_shape), dtype)
     labels = np.zeros(cap, np.int64)
     valid = np.zeros(cap, bool)

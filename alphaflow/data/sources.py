@@ -58,7 +58,7 @@ def load_digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
 
     The 1,797 8x8 images (values 0..16) are scaled to 0..255; a fixed 80/20 split (seeded) gives train/test.
     """
-    try:
+    try:  # here, not at the top: scikit-learn takes ~4 s to import and only this source needs it
         from sklearn.datasets import load_digits as _sk_digits
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise DataSourceError("digits: scikit-learn is not installed (pip install scikit-learn)") from e

@@ -12,13 +12,24 @@ everything else becomes a one-line DataError naming the URL.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
+import mmap
 import os
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
+
+import boto3
+import numpy as np
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from alphaflow.data.errors import DataError, DataInputError
 from alphaflow.retry import retry_transient
@@ -99,9 +110,6 @@ def s3_client():
 
 def _new_client():
     global _session
-    import boto3
-    from botocore.config import Config
-
     if _session is None:
         _session = boto3.session.Session()
     custom_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
@@ -125,17 +133,11 @@ _TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "SlowDown", "Se
 
 def _cause(e: BaseException) -> BaseException:
     """boto3's transfer manager wraps the real error (S3UploadFailedError); look through it."""
-    from boto3.exceptions import S3UploadFailedError
-
     inner = e.__cause__ or e.__context__
     return inner if isinstance(e, S3UploadFailedError) and inner is not None else e
 
 
 def _is_transient(e: BaseException) -> bool:
-    from botocore.exceptions import ClientError, ReadTimeoutError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-    from urllib3.exceptions import HTTPError as Urllib3Error
-
     e = _cause(e)
     if isinstance(e, ClientError):
         return str(e.response.get("Error", {}).get("Code", "")) in _TRANSIENT_CODES
@@ -146,11 +148,10 @@ def _is_transient(e: BaseException) -> bool:
 
 def _one_line(url: str, e: BaseException) -> DataError:
     """The DataError for a failed S3 call: what went wrong and where, never a credential."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
     e = _cause(e)
     if isinstance(e, NoCredentialsError):
-        return DataError(f"{url}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)")
+        return DataError(f"{url}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+                         f"AWS_PROFILE)")
     if isinstance(e, EndpointConnectionError):
         return DataError(f"{url}: cannot reach the S3 endpoint {e.kwargs.get('endpoint_url', '')} "
                          f"(check AWS_ENDPOINT_URL)")
@@ -184,8 +185,6 @@ def _check_bucket(url: str, client) -> None:
     try:
         client.head_bucket(Bucket=bucket)
     except Exception as e:
-        from botocore.exceptions import ClientError
-
         if isinstance(e, ClientError) and str(e.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchBucket"):
             raise DataError(f"{url}: bucket {bucket!r} does not exist") from None
         raise _one_line(url, e) from None
@@ -247,7 +246,6 @@ def read_range(url: str, start: int, end: int, total: int | None = None, out: me
         if end > len(whole):
             raise DataError(f"{url}: size {len(whole)} bytes, cannot read bytes {start}-{end}")
         return whole[start:end]
-    import numpy as np
 
     n = max(end - start, 0)
     if out is None:
@@ -261,8 +259,6 @@ def read_range(url: str, start: int, end: int, total: int | None = None, out: me
             try:
                 r = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={lo}-{hi - 1}")
             except Exception as e:
-                from botocore.exceptions import ClientError
-
                 if isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") == "InvalidRange":
                     raise DataError(f"{url}: shorter than {hi} bytes, the manifest says {total} "
                                     f"(truncated or replaced)") from None
@@ -317,8 +313,6 @@ def _object_size(response: dict) -> int | None:
 def map_local(path: str, expected_size: int | None = None):
     """A read-only memory map of a local file: the page cache's bytes, not a copy of them (the reader's views into
     a shard keep the map alive). Same checks and errors as read_bytes."""
-    import mmap
-
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -358,8 +352,6 @@ def open_stream(url: str, mode: str = "rb", bufsize: int = 8192, **_):
 
 def register_gopen() -> None:
     """Teach webdataset.gopen the s3:// scheme, in this process (WebDataset 1.0.2 has no handler for it)."""
-    import importlib
-
     importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = open_stream
 
 
@@ -397,7 +389,6 @@ def upload_file(local_path: str | Path, url: str) -> None:
             tmp.write_bytes(local_path.read_bytes())
             os.replace(tmp, dest)
         return
-    from boto3.s3.transfer import TransferConfig
 
     bucket, key = split_s3(url)
     client = s3_client()

@@ -19,10 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alphaflow.metrics.dinov2 import DINOv2Extractor
 from alphaflow.metrics.domain_cnn import DOMAINS, DomainCNN, DomainSpec, to_input
 from alphaflow.metrics.errors import MetricsError, UnknownExtractorError
-from alphaflow.metrics.extractor_base import (FeatureExtractor, RGBExtractor, as_rgb_float, as_uint8_images,  # noqa: F401
-                                              file_sha256, verify_sha256)
+from alphaflow.metrics.extractor_base import (  # noqa: F401
+    FeatureExtractor,
+    RGBExtractor,
+    as_rgb_float,
+    as_uint8_images,
+    file_sha256,
+    verify_sha256,
+)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -136,8 +143,6 @@ def load_extractor(extractor_id: str, weights_path: str | Path | None = None) ->
     if name == INCEPTION_ID:
         return InceptionExtractor(path or None)
     if name == "dinov2":
-        from alphaflow.metrics.dinov2 import DINOv2Extractor
-
         if not path:
             raise MetricsError("dinov2: give the checkpoint path, e.g. dinov2:/models/dinov2_vitl14_pretrain.pth "
                                "(no DINOv2 weights ship with any package)")

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from alphaflow.metrics.errors import IncompatibleReferenceError, MetricsError
+from alphaflow.metrics.extractors import load_extractor
 from alphaflow.metrics.frechet import gaussian_stats
+from alphaflow.metrics.scores import _poly_kernel_offdiag_mean
 
 _TEXT_FIELDS = ("extractor_id", "extractor_sha256", "preprocess", "dataset_id")
 
@@ -41,8 +43,6 @@ class ReferenceStats:
             return None
         cache = self.__dict__.setdefault("_kid_cache", {})
         if id(self.real_features) not in cache:
-            from alphaflow.metrics.scores import _poly_kernel_offdiag_mean
-
             cache.clear()
             cache[id(self.real_features)] = _poly_kernel_offdiag_mean(self.real_features)
         return cache[id(self.real_features)]
@@ -116,8 +116,6 @@ def _base(dataset_id: str) -> str:
 def compute_reference_stats(images_uint8, extractor_id, dataset_id: str, batch_size: int = 500,
                             n_real_features: int = 5000, seed: int = 0) -> ReferenceStats:
     """Statistics of real images (uint8 (N, C, H, W)); extractor_id is an id or a loaded extractor."""
-    from alphaflow.metrics.extractors import load_extractor
-
     extractor = load_extractor(extractor_id) if isinstance(extractor_id, str) else extractor_id
     feats = extractor.features(images_uint8, batch_size=batch_size)
     mu, sigma = gaussian_stats(feats)

@@ -21,7 +21,7 @@ from ray.train.torch import TorchTrainer
 
 
 def train_report_logger_name() -> str | None:
-    try:
+    try:  # a private module (this file's docstring): a Ray that moved it only brings its log lines back
         from ray.train.v2._internal.execution import context
     except ImportError:
         return None
@@ -77,7 +77,7 @@ def skip_unused_train_actors() -> None:
 
 def datasets_callback_class():
     """Ray Train's DatasetsCallback (the one that starts the DatasetManager actor), or None if Ray moved it."""
-    try:
+    try:  # a private module (this file's docstring): a Ray that moved it starts the actor again
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
     except ImportError:
         return None

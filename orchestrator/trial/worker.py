@@ -86,7 +86,7 @@ class RunLogger:
         """CPU, memory, disk, network (and GPU, with nvidia-ml-py installed) of this node as `system/...`
         metrics, every AFSWEEP_SYSTEM_METRICS_S seconds (default 10), as MLflow's own monitor does for
         `start_run(log_system_metrics=True)`; a restarted attempt continues the steps."""
-        try:
+        try:  # needs psutil (optional for MLflow); only rank 0 of a trial loads it
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
             interval = float(os.environ.get("AFSWEEP_SYSTEM_METRICS_S", "10"))
