@@ -7,7 +7,7 @@ the average forgets the random initialisation quickly (at step 0 it is a plain c
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn as nn

@@ -5,8 +5,8 @@ Used by the Ray Train worker at each evaluation and by `afsweep eval`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ class LatentDecoder:
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
 
     @classmethod
-    def of(cls, manifest) -> "LatentDecoder":
+    def of(cls, manifest) -> LatentDecoder:
         return cls(manifest.codec, manifest.mean, manifest.std)
 
     def __call__(self, z: torch.Tensor) -> np.ndarray:
@@ -72,7 +72,7 @@ def evaluate_generator(sample_fn: SampleFn, decode_fn: DecodeFn, image_shape: tu
     images: dict[int, np.ndarray] = {}
     labels = None
     for nfe in (1, 2):
-        m, images[nfe], labels = score_sampler(lambda z, y: sample_fn(z, y, nfe), decode_fn, image_shape,
+        m, images[nfe], labels = score_sampler(lambda z, y, nfe=nfe: sample_fn(z, y, nfe), decode_fn, image_shape,
                                                num_classes, extractor, reference, n, seed, batch_size)
         metrics[f"fid{nfe}"] = m["fid"]
         if nfe == 2:

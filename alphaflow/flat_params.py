@@ -23,7 +23,8 @@ class FlatParameters:
             raise ValueError("no parameters to flatten")
         dtypes = {(p.dtype, p.device) for p in params}
         if len(dtypes) != 1:
-            raise ValueError(f"parameters of several dtypes or devices cannot share one buffer: {sorted(map(str, dtypes))}")
+            raise ValueError(f"parameters of several dtypes or devices cannot share one buffer: "
+                             f"{sorted(map(str, dtypes))}")
         self.params = list(params)
         self.sizes = [p.numel() for p in params]
         total = sum(self.sizes)

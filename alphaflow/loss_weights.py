@@ -7,7 +7,8 @@ import torch
 
 def adaptive_weight(per_row_loss: torch.Tensor, n: torch.Tensor | float = 1.0, p: float = 1.0,
                     c: float = 1e-3) -> torch.Tensor:
-    """w_i = n_i / (sg(l_i) + c)^p (docs/method.md#loss-weights): w_i l_i ~ n_i, so every row pulls with about the same force."""
+    """w_i = n_i / (sg(l_i) + c)^p (docs/method.md#loss-weights): w_i l_i ~ n_i, so every row pulls with about the
+    same force."""
     return n / (per_row_loss.detach() + c) ** p
 
 

@@ -7,18 +7,20 @@ sinusoidal embedders, one for t and one for t - r; both are added to the class e
 
 Attention has two paths: the fused `F.scaled_dot_product_attention` (default) and an explicit softmax(QK^T)V that
 forward-mode AD (`torch.func.jvp`) can differentiate; `with math_attention(model):` switches to the second.
+The CPU fast paths (`kernels`) are one FastPath (alphaflow/fast_path.py) that every class here reads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from alphaflow.fast_path import REFERENCE, FastPath
 
 # name -> (depth, width, heads). micro/tiny/small are sized for CPU runs (tiny: the sweeps' default on this
 # machine, see benchmarks/step_cost.py); S/B/L/XL are the DiT sizes of the papers.
@@ -62,9 +64,6 @@ def guidance_features(g: torch.Tensor) -> torch.Tensor:
     return torch.stack([1.0 - 1.0 / g[:, 0], g[:, 1], g[:, 2]], dim=1)
 
 
-FP32_STREAM_ENV = "AFSWEEP_FP32_STREAM"
-
-
 class TanhGELU(nn.Module):
     """GELU with the tanh approximation; on CPU through alphaflow.fast_ops' fused kernels (ATen's own is ~4x
     slower than its exact GELU there), elsewhere ATen's."""
@@ -93,23 +92,20 @@ def sincos_2d(width: int, grid_h: int, grid_w: int) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, fast_path: FastPath = REFERENCE):
         super().__init__()
         if width % heads:
             raise ValueError(f"model width {width} is not divisible by {heads} heads")
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
-        self.use_math = False   # explicit softmax path, differentiable by forward-mode AD
-        # fast path: on CPU the explicit path is faster in bf16 (fused backward ~20x slower), 1-7% slower in fp32
-        self.math_on_cpu = False
+        self.fast_path = fast_path
+        self.use_math = False   # explicit softmax path, differentiable by forward-mode AD (math_attention)
 
     def explicit(self, x: torch.Tensor, q: torch.Tensor | None = None) -> bool:
-        """Explicit softmax attention rather than the fused kernel: always for forward-mode AD (use_math); on CPU
-        with the fast path, when q is bf16 (autocast casts at qkv; q None: the explicit choice regardless)."""
-        if self.use_math:
-            return True
-        return self.math_on_cpu and x.device.type == "cpu" and (q is None or q.dtype == torch.bfloat16)
+        """Explicit softmax attention rather than the fused kernel: always for forward-mode AD (use_math), else
+        where the fast path chooses it (FastPath.explicit_attention)."""
+        return self.use_math or self.fast_path.explicit_attention(x, q)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -137,35 +133,34 @@ def gated_add(x: torch.Tensor, gate: torch.Tensor, out: torch.Tensor, fused: boo
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, width: int, heads: int, fast: bool = False, fused_gelu: bool = False):
+    def __init__(self, width: int, heads: int, fast_path: FastPath = REFERENCE):
         super().__init__()
+        self.fast_path = fast_path
         self.norm1 = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
-        self.attn = Attention(width, heads)
+        self.attn = Attention(width, heads, fast_path)
         self.norm2 = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
-        self.attn.math_on_cpu = fast
-        self.fast = fast
-        gelu = TanhGELU() if fused_gelu else nn.GELU(approximate="tanh")
+        gelu = TanhGELU() if fast_path.fused_gelu else nn.GELU(approximate="tanh")
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), gelu, nn.Linear(4 * width, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        f = self.fast
+        f = self.fast_path.addcmul
         x = gated_add(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1, f)), f)
         return gated_add(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2, f)), f)
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, width: int, patch: int, out_channels: int, fast: bool = False):
+    def __init__(self, width: int, patch: int, out_channels: int, fast_path: FastPath = REFERENCE):
         super().__init__()
-        self.fast = fast
+        self.fast_path = fast_path
         self.norm = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, patch * patch * out_channels)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale, self.fast))
+        return self.linear(modulate(self.norm(x), shift, scale, self.fast_path.addcmul))
 
 
 class DiT(nn.Module):
@@ -173,18 +168,17 @@ class DiT(nn.Module):
 
     guidance_conditioned: the network also takes g (B, 3) = (omega, t_min, t_max), the guidance scale and interval
     it should realise (Improved MeanFlow's guidance as a condition), embedded like a time and added to the adaLN
-    condition; g = None means no guidance (omega 1 over [0, 1]). fast: explicit attention on CPU; fused_gelu: the
-    CPU-fused GELU (the same function; kernels: fused)."""
+    condition; g = None means no guidance (omega 1 over [0, 1]). kernels: fast, fused or reference, the CPU fast
+    paths (FastPath.for_kernels; the same function and parameters under each)."""
 
     def __init__(self, in_channels: int, image_size: tuple[int, int], num_classes: int, patch: int,
-                 depth: int, width: int, heads: int, guidance_conditioned: bool = False, fast: bool = False,
-                 fused_gelu: bool = False):
+                 depth: int, width: int, heads: int, guidance_conditioned: bool = False, kernels: str = "reference"):
         super().__init__()
         h, w = image_size
         if h % patch or w % patch:
             raise ValueError(f"image size {h}x{w} is not divisible by patch size {patch}")
         self.in_channels, self.patch, self.num_classes = in_channels, patch, num_classes
-        self.fast = fast
+        self.fast_path = fast_path = FastPath.for_kernels(kernels)
         self.grid = (h // patch, w // patch)
         self.patch_embed = nn.Conv2d(in_channels, width, kernel_size=patch, stride=patch)
         self.register_buffer("pos_embed", sincos_2d(width, *self.grid)[None], persistent=False)
@@ -192,8 +186,8 @@ class DiT(nn.Module):
         self.dt_embed = TimeEmbedder(width)          # embeds t - r
         self.y_embed = nn.Embedding(num_classes + 1, width)   # last row: the null class
         self.g_embed = TimeEmbedder(width, scalars=3) if guidance_conditioned else None
-        self.blocks = nn.ModuleList(DiTBlock(width, heads, fast, fused_gelu) for _ in range(depth))
-        self.final = FinalLayer(width, patch, in_channels, fast)
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, fast_path) for _ in range(depth))
+        self.final = FinalLayer(width, patch, in_channels, fast_path)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -233,24 +227,13 @@ class DiT(nn.Module):
         out = out.reshape(out.shape[0], gh, gw, p, p, ch).permute(0, 5, 1, 3, 2, 4)
         return out.reshape(out.shape[0], ch, gh * p, gw * p)
 
-    def stream_dtype(self, x: torch.Tensor) -> torch.dtype | None:
-        """bf16 for the token stream and the condition on CPU under bf16 autocast with the fast path, else None
-        (the stream stays fp32, as on CUDA). On CPU an op with inputs of two dtypes first copies the other one,
-        so an fp32 residual stream between bf16 matmuls pays a cast at every LayerNorm input, modulation and
-        residual add (docs/internals.md#the-fast-step). AFSWEEP_FP32_STREAM=1 keeps it fp32 (for A/B runs)."""
-        if (self.fast and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-                and torch.get_autocast_dtype("cpu") == torch.bfloat16
-                and os.environ.get(FP32_STREAM_ENV) != "1"):
-            return torch.bfloat16
-        return None
-
     def to_stream(self, x: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
         """Tokens and condition (or their tangents) as the blocks take them: on the fast path contiguous
-        (LayerNorm copies a strided input, forward and backward) and in `stream_dtype`. The forward and the tangent
-        pass both enter the blocks through here, so their layouts and dtypes agree."""
-        if not self.fast:
+        (LayerNorm copies a strided input, forward and backward) and in FastPath.stream_dtype. The forward and the
+        tangent pass both enter the blocks through here, so their layouts and dtypes agree."""
+        if not self.fast_path.stream:
             return list(tensors)
-        stream = self.stream_dtype(x)
+        stream = self.fast_path.stream_dtype(x)
         return [t.contiguous() if stream is None else t.contiguous().to(stream) for t in tensors]
 
     def forward(self, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
@@ -287,11 +270,12 @@ def math_attention(model: nn.Module) -> Iterator[None]:
 
 
 def build_model(model_cfg, in_channels: int, image_size: int | tuple[int, int], num_classes: int,
-                fast: bool = False, guidance_conditioned: bool = False, fused_gelu: bool = False) -> DiT:
-    """A DiT of `model_cfg.size` with patch `model_cfg.patch_size` for images (in_channels, *image_size)."""
+                guidance_conditioned: bool = False, kernels: str = "reference") -> DiT:
+    """A DiT of `model_cfg.size` with patch `model_cfg.patch_size` for images (in_channels, *image_size);
+    kernels: the fast paths it takes (TrainConfig.kernels)."""
     if model_cfg.size not in MODEL_SIZES:
         raise ValueError(f"model.size: unknown size {model_cfg.size!r}; known: {', '.join(MODEL_SIZES)}")
     depth, width, heads = MODEL_SIZES[model_cfg.size]
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     return DiT(in_channels, size, num_classes, model_cfg.patch_size, depth, width, heads,
-               guidance_conditioned=guidance_conditioned, fast=fast, fused_gelu=fused_gelu)
+               guidance_conditioned=guidance_conditioned, kernels=kernels)

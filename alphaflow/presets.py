@@ -7,10 +7,18 @@ label dropout 0.1, and 25% of rows with r < t (ratio_fm = 0.75, MeanFlow's publi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from alphaflow.config import (EMAConfig, GuidanceConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig,
-                              TimeConfig, TrainConfig)
+from alphaflow.config import (
+    EMAConfig,
+    GuidanceConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TimeConfig,
+    TrainConfig,
+)
 
 
 def _published(size: str, patch: int, steps: int, alpha: ScheduleConfig, guidance: GuidanceConfig,

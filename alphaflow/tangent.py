@@ -26,8 +26,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from alphaflow.fast_ops import gelu_tanh_tangent, gelu_tanh_tangent_eager
-from alphaflow.model import (DiT, FREQ_DIM, TanhGELU, gated_add, guidance_features, modulate, no_guidance,
-                             timestep_features)
+from alphaflow.model import (
+    FREQ_DIM,
+    DiT,
+    TanhGELU,
+    gated_add,
+    guidance_features,
+    modulate,
+    no_guidance,
+    timestep_features,
+)
 
 
 def supports(model: nn.Module) -> bool:
@@ -133,17 +141,18 @@ def _modulation(mod, c, dc, n: int):
 
 
 def _block(block, x, dx, c, dc, n: int):
+    fused = block.fast_path.addcmul
     m, dm = _modulation(block.modulation, c, dc, n)
     shift1, scale1, gate1, shift2, scale2, gate2 = m.chunk(6, dim=-1)
     dshift1, dscale1, dgate1, dshift2, dscale2, dgate2 = dm.chunk(6, dim=-1)
-    a_in, da_in = _modulated_norm(x, dx, shift1, scale1, dshift1, dscale1, n, block.norm1.eps, block.fast)
+    a_in, da_in = _modulated_norm(x, dx, shift1, scale1, dshift1, dscale1, n, block.norm1.eps, fused)
     a, da = _attention(block.attn, a_in, da_in, n)
-    x2 = gated_add(x, gate1, a, block.fast)
+    x2 = gated_add(x, gate1, a, fused)
     with torch.no_grad():
         dx2 = dx + dgate1[:, None] * a[:n].detach() + gate1[:n, None].detach() * da
-    m_in, dm_in = _modulated_norm(x2, dx2, shift2, scale2, dshift2, dscale2, n, block.norm2.eps, block.fast)
+    m_in, dm_in = _modulated_norm(x2, dx2, shift2, scale2, dshift2, dscale2, n, block.norm2.eps, fused)
     f, df = _mlp(block.mlp, m_in, dm_in)
-    out = gated_add(x2, gate2, f, block.fast)
+    out = gated_add(x2, gate2, f, fused)
     with torch.no_grad():
         dout = dx2 + dgate2[:, None] * f[:n].detach() + gate2[:n, None].detach() * df
     return out, dout
@@ -177,7 +186,8 @@ def dit_jvp(model: DiT, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: to
     mod, dmod = _modulation(fin.modulation, c, dc, n)
     shift, scale = mod.chunk(2, dim=-1)
     dshift, dscale = dmod.chunk(2, dim=-1)
-    a, da = _modulated_norm(tokens, d_tokens, shift, scale, dshift, dscale, n, fin.norm.eps, fin.fast)
+    a, da = _modulated_norm(tokens, d_tokens, shift, scale, dshift, dscale, n, fin.norm.eps,
+                            fin.fast_path.addcmul)
     out = fin.linear(a)
     with torch.no_grad():
         dout = _linear(fin.linear, da)

@@ -11,8 +11,8 @@ r_ut, U(0, 1) for uniform), `logit_normal` (fm_mu, fm_sigma), `uniform`, or any 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Callable
 
 import torch
 

@@ -22,9 +22,10 @@ import torch.distributed as dist
 from alphaflow.checkpoint import load_state, save_state
 from alphaflow.config import config_to_dict
 from alphaflow.ema import EMA
+from alphaflow.fast_path import FastPath
 from alphaflow.flat_params import FlatParameters
 from alphaflow.model import build_model
-from alphaflow.objective import alpha_flow_loss
+from alphaflow.objective import loss_for
 from alphaflow.sampling import sample as sample_fn
 from alphaflow.sampling import sample_n_step
 from alphaflow.schedules import schedule_value
@@ -42,7 +43,7 @@ def native_bf16(device: torch.device) -> bool:
     return _native_bf16(torch.device(device).type)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _native_bf16(kind: str) -> bool:
     if kind == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -76,25 +77,24 @@ class TrainState:
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
+        fast_path = FastPath.for_kernels(cfg.kernels)
         with torch.random.fork_rng(devices=[]):   # initial weights from cfg.seed, caller's RNG untouched
             torch.manual_seed(cfg.seed)
             self.model = build_model(cfg.model, self.image_shape[0], self.image_shape[1:], self.num_classes,
-                                     fast=cfg.kernels != "reference", fused_gelu=cfg.kernels == "fused",
-                                     guidance_conditioned=cfg.guidance.conditioned)
+                                     guidance_conditioned=cfg.guidance.conditioned, kernels=cfg.kernels)
         self.model.to(self.device)
         if self.distributed:
             with torch.no_grad():
                 for p in self.model.parameters():
                     dist.broadcast(p.data, src=0)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        # the fast path: parameters and gradients in two flat buffers, so that Adam, the clip, the EMA and the
-        # all-reduce each run once over one tensor (alphaflow/flat_params.py); the reference keeps one per tensor
-        self.flat = FlatParameters(self.params) if cfg.kernels != "reference" else None
+        # flat: Adam, the clip, the EMA and the all-reduce each run once over one tensor; the reference keeps one
+        # per tensor
+        self.flat = FlatParameters(self.params) if fast_path.flat_params else None
         self.opt_params = [self.flat.param] if self.flat is not None else self.params
         o = cfg.optim
-        # fused: one kernel over all parameters (CPU and CUDA) instead of a loop of small ops per tensor
         self.optimizer = torch.optim.Adam(self.opt_params, lr=o.lr, betas=(o.beta1, o.beta2),
-                                          weight_decay=o.weight_decay, fused=cfg.kernels != "reference")
+                                          weight_decay=o.weight_decay, fused=fast_path.fused_adam)
         self.ema = EMA(self.model, [cfg.ema.half_life, *cfg.ema.extra_half_lives], ramp=cfg.ema.ramp,
                        flat=self.flat)
         self.step = 0
@@ -127,9 +127,9 @@ class TrainState:
 
         self.model.train()
         with self._autocast():
-            loss, logs = alpha_flow_loss(self.model, x, y, alpha=alpha, ratio_fm=ratio_fm, cfg=cfg,
-                                         num_classes=self.num_classes, generator=gen,
-                                         progress=step / cfg.total_steps, grad_diagnostics=diag)
+            loss, logs = loss_for(cfg)(self.model, x, y, alpha=alpha, ratio_fm=ratio_fm, config=cfg,
+                                       num_classes=self.num_classes, generator=gen,
+                                       progress=step / cfg.total_steps, grad_diagnostics=diag)
         self.optimizer.zero_grad(set_to_none=False)
         if self.flat is not None and not self.flat.is_intact():
             self.flat.reattach_grads()

@@ -8,11 +8,12 @@ raw sequential read of the same shard bytes; time to first batch. Target: reader
 
 Raw = every shard read whole, in order, one at a time (local: open().read(); S3: one get_object per shard, drained).
 Reader = a fresh loader on rank 0 of 1 reading exact epochs, measured two ways: "reader" is
-`loader.raw_batches(copy=False)`, the batches as they cross to the training process's device (stored dtype, gathered and
-shuffled; a GPU then normalises them, so this is all a GPU node's CPU does); "CPU-normalised" iterates the loader on the CPU, each batch also widened to
-float32 and normalised here, as a CPU-only training process gets them. A row reads at least --min-gb through each after the
-reader's first epoch (small sets: several epochs, the raw read as many times): the reader is endless and a training
-run reads for hours, so the throughput columns are rates over that much data, sustained; the loader's start-up
+`loader.raw_batches(copy=False)`, the batches as they cross to the training process's device (stored dtype,
+gathered and shuffled; a GPU then normalises them, so this is all a GPU node's CPU does); "CPU-normalised" iterates
+the loader on the CPU, each batch also widened to float32 and normalised here, as a CPU-only training process gets
+them. A row reads at least --min-gb through each after the reader's first epoch (small sets: several epochs, the raw
+read as many times): the reader is endless and a training run reads for hours, so the throughput columns are rates
+over that much data, sustained; the loader's start-up
 (forking workers, the first runs) shows in "first batch s", and "1st epoch/raw" is the first epoch's rate with its
 start-up over the raw rate. Every row is --repeat rounds of the three, the order rotating; the table shows medians
 (a ratio is the median of each round's ratio: this shared machine's speed swings by 2x between seconds). Local files
@@ -73,8 +74,9 @@ def raw_read(url: str, times: int = 1) -> tuple[float, int]:
 def reader_read(url: str, batch: int, workers: int, epochs: int = 1, on: str = "device") -> dict:
     """A fresh loader read for 1 + `epochs` exact epochs: the time to its first batch, the first epoch's seconds
     (start-up included), and the seconds and busy CPU seconds of the `epochs` after it (the sustained rate).
-    on="device": the batches as they cross to the training process's device (stored dtype; a GPU normalises them), what the
-    CPU of a GPU node does. on="cpu": normalised to float32 on this CPU, as a CPU-only training process gets them."""
+    on="device": the batches as they cross to the training process's device (stored dtype; a GPU normalises them),
+    what the CPU of a GPU node does. on="cpu": normalised to float32 on this CPU, as a CPU-only training process
+    gets them."""
     loader = make_train_loader(url, batch_size=batch, rank=0, world_size=1, seed=0, mode="exact",
                                num_workers=workers, prefetch=4)
     n = loader.batches_per_epoch
@@ -198,7 +200,8 @@ def main() -> None:
                 sets.append((name, "s3", f"{dest}/manifest.parquet"))
             print(f"uploaded to SeaweedFS in {time.perf_counter() - t:.1f} s", flush=True)
 
-        columns = [("data set", 18), ("from", 5), ("workers", 7), ("parser", 7), ("MB", 6), ("epochs", 6), ("raw MB/s", 8),
+        columns = [("data set", 18), ("from", 5), ("workers", 7), ("parser", 7), ("MB", 6), ("epochs", 6),
+                   ("raw MB/s", 8),
                    ("reader MB/s", 11), ("samples/s", 9), ("first batch s", 13), ("reader/raw", 10),
                    ("worst round", 11), ("1st epoch/raw", 13), ("CPU-normalised MB/s", 19), ("CPU-norm./raw", 13),
                    ("raw CPU s/GB", 12), ("reader CPU s/GB", 15), ("CPU-norm. CPU s/GB", 18)]

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[list[Trial]]]:
     if unknown:
         ap.error(f"unknown search {unknown[0]!r} (known: {', '.join(SEARCHES)})")
 
-    from bench_sweep import run_sweep   # beside this file (python benchmarks/...)
+    from bench_sweep import run_sweep  # beside this file (python benchmarks/...)
+
     from orchestrator import tracking
 
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="afsweep-search-"))

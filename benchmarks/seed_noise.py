@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
             groups[tuple((k, r.data.params[k]) for k in swept)].append(value)
     pooled, between, n = within_and_between(groups)
     print(f"{len(sweeps)} sweeps named {args.prefix}*: {len(groups)} configurations, {n} trained with >= 2 seeds")
-    print(f"| {args.metric} | std |\n| --- | --- |\n| within a configuration (training seeds, pooled) | {pooled:.2f} |\n"
+    print(f"| {args.metric} | std |\n| --- | --- |\n"
+          f"| within a configuration (training seeds, pooled) | {pooled:.2f} |\n"
           f"| between configurations (their means) | {between:.2f} |")
     print("best configurations, each seed's score:")
     for key, values in sorted(groups.items(), key=lambda kv: min(kv[1]))[:5]:

@@ -7,7 +7,8 @@ Columns (CPU): `reference` = kernels: reference, fp32 (afsweep's eager step befo
 fused attention, torch.func.jvp with explicit-softmax attention, for-loop Adam, a host sync per logged value);
 `fast fp32` = kernels: fast, fp32 (ATen GELU: the fused one, kernels: fused, is ~2% of a step; flat parameters,
 fused Adam, the tangent pass at alpha = 0); `fast auto` = kernels: fast, precision: auto (bf16 where the CPU has
-AMX, with the bf16 residual stream; else the same as fast fp32). Each ratio is against `reference` of the same stage, size and thread count. Stages:
+AMX, with the bf16 residual stream; else the same as fast fp32). Each ratio is against `reference` of the same
+stage, size and thread count. Stages:
 plain forward+backward (no objective), alpha = 1, alpha = 0.5 (one extra no-grad pass on the r < t rows), alpha = 0
 (the MeanFlow JVP). ratio_fm 0.5, no CFG, Fashion-MNIST shape 1x28x28 patch 4. CPU seconds (process time) per step;
 all variants run round-robin so that load from other processes hits them alike; each keeps its fastest round.

@@ -72,7 +72,8 @@ def bare_trial(cfg, manifest_url: str, extractor: str, eval_every: int, eval_sam
 
 def trial_phases(client, run) -> dict[str, float]:
     """Seconds of one trial's run: start (opened -> first metric), loop (wall_s), close (last metric -> ended)."""
-    stamps = [m.timestamp for key in ("fid1", "loss", "wall_s") for m in client.get_metric_history(run.info.run_id, key)]
+    stamps = [m.timestamp for key in ("fid1", "loss", "wall_s")
+              for m in client.get_metric_history(run.info.run_id, key)]
     first, last = min(stamps) / 1000, max(stamps) / 1000
     start, end = run.info.start_time / 1000, (run.info.end_time or max(stamps)) / 1000
     return {"start": first - start, "loop": run.data.metrics.get("wall_s", float("nan")), "close": end - last,
@@ -87,7 +88,8 @@ def main() -> None:
     ap.add_argument("--no-bare", action="store_true", help="only the sweep's own figures (no bare replay)")
     args = ap.parse_args()
 
-    from bench_sweep import run_sweep   # beside this file (python benchmarks/...)
+    from bench_sweep import run_sweep  # beside this file (python benchmarks/...)
+
     from orchestrator import tracking
     from orchestrator.platform.ray_adapter import LEAN_TRAIN_ENV, lean_train
     from orchestrator.spec.trial_config import DOMAIN_EXTRACTOR, method_config

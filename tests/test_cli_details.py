@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.tracking import param_value as _param_value
 from orchestrator.spec import apply_sets, parse_spec, read_yaml
+from orchestrator.tracking import param_value as _param_value
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from alphaflow.data import (DataError, get_codec, make_train_loader, prepare_arrays, prepare_builtin,
-                            prepare_image_folder, read_manifest)
+from alphaflow.data import (
+    DataError,
+    get_codec,
+    make_train_loader,
+    prepare_arrays,
+    prepare_builtin,
+    prepare_image_folder,
+    read_manifest,
+)
 from alphaflow.data.shards import _decode_regular, decode_shard
 from alphaflow.data.storage import file_sha256
 

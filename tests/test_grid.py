@@ -177,8 +177,8 @@ def test_a_lost_trials_combination_runs_after_resume(tmp_path):
 
 def test_preview_times_a_method_bound_to_one_stage():
     """preview times steps at alpha = 1 and 0; iMF accepts only alpha = 0 and is timed there (it failed before)."""
-    from orchestrator.sweep.preview import time_steps
     from orchestrator.spec.trial_config import method_config
+    from orchestrator.sweep.preview import time_steps
 
     spec = load_spec(PAPER_CHECK, ["base.overrides.model.size=micro"])
     assert time_steps(method_config(spec, {"method": "imf", "seed": 0}), (1, 28, 28), 10, 4, steps=1) > 0

@@ -49,8 +49,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("guidance,fused_gelu", [(False, False), (True, False), (False, True)])
 def test_tangent_pass_matches_forward_mode_ad(guidance, fused_gelu):
     torch.manual_seed(0)
-    model = _randomised(DiT(1, (8, 8), 10, 2, 2, 64, 2, guidance_conditioned=guidance, fast=True,
-                            fused_gelu=fused_gelu))
+    model = _randomised(DiT(1, (8, 8), 10, 2, 2, 64, 2, guidance_conditioned=guidance,
+                            kernels="fused" if fused_gelu else "fast"))
     x, r, t, y = _inputs(6)
     n = 4
     g = torch.stack([1 + 3 * torch.rand(6), 0.5 * torch.rand(6), 0.5 + 0.5 * torch.rand(6)], 1) if guidance else None
@@ -101,12 +101,11 @@ def _config(alpha: float, kernels: str, precision: str = "fp32", **extra):
 def _loss_and_grads(alpha: float, kernels: str, precision: str = "fp32"):
     cfg = _config(alpha, kernels, precision)
     torch.manual_seed(0)
-    model = _randomised(build_model(cfg.model, 1, (8, 8), 10, fast=kernels != "reference",
-                                    fused_gelu=kernels == "fused"))
+    model = _randomised(build_model(cfg.model, 1, (8, 8), 10, kernels=kernels))
     x, _, _, y = _inputs(16, seed=3)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
     with ctx:
-        loss, logs, parts = alpha_flow_loss(model, x, y % 10, alpha=alpha, ratio_fm=0.5, cfg=cfg, num_classes=10,
+        loss, logs, parts = alpha_flow_loss(model, x, y % 10, alpha=alpha, ratio_fm=0.5, config=cfg, num_classes=10,
                                             generator=torch.Generator().manual_seed(5), return_parts=True)
     grads = torch.autograd.grad(loss, [p for p in model.parameters()], allow_unused=True)
     flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
@@ -158,8 +157,8 @@ def test_precision_auto_resolves_per_device():
 def test_fast_model_keeps_checkpoint_keys():
     cfg = ModelConfig(size="micro", patch_size=2)
     keys = list(build_model(cfg, 1, 8, 10).state_dict())
-    assert list(build_model(cfg, 1, 8, 10, fast=True).state_dict()) == keys
-    assert list(build_model(cfg, 1, 8, 10, fast=True, fused_gelu=True).state_dict()) == keys
+    assert list(build_model(cfg, 1, 8, 10, kernels="fast").state_dict()) == keys
+    assert list(build_model(cfg, 1, 8, 10, kernels="fused").state_dict()) == keys
 
 
 def test_only_kernels_fused_compiles_the_gelu():
@@ -188,7 +187,7 @@ def test_fast_bf16_keeps_a_contiguous_bf16_stream_on_cpu(monkeypatch):
     """Under bf16 autocast the fast model's residual stream is bf16 and contiguous (no cast or copy at every
     LayerNorm and residual add); the reference model's stays as it was; AFSWEEP_FP32_STREAM=1 keeps it fp32."""
     torch.manual_seed(0)
-    fast, ref = DiT(1, (8, 8), 10, 2, 2, 64, 2, fast=True), DiT(1, (8, 8), 10, 2, 2, 64, 2)
+    fast, ref = DiT(1, (8, 8), 10, 2, 2, 64, 2, kernels="fast"), DiT(1, (8, 8), 10, 2, 2, 64, 2)
     args = _inputs(4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert all(s.dtype == torch.bfloat16 and s.is_contiguous() for s in _block_inputs(fast, *args))
@@ -203,7 +202,7 @@ def test_tangent_pass_primal_is_the_bf16_forward():
     """In bf16 the tangent pass's primal is still exactly the model's forward (same stream dtype and layout), and
     its tangent stays within bf16 rounding of the fp32 tangent."""
     torch.manual_seed(0)
-    model = _randomised(DiT(1, (8, 8), 10, 2, 2, 64, 2, fast=True))
+    model = _randomised(DiT(1, (8, 8), 10, 2, 2, 64, 2, kernels="fast"))
     x, r, t, y = _inputs(6)
     n = 4
     dx, dr, dt = torch.randn(n, *SHAPE), torch.rand(n), torch.ones(n)

@@ -15,7 +15,7 @@ import torch
 from alphaflow.config import ConfigError, apply_overrides
 from alphaflow.imf import sample_guidance
 from alphaflow.model import build_model, math_attention, no_guidance
-from alphaflow.objective import alpha_flow_loss
+from alphaflow.objective import imf_loss
 from alphaflow.presets import get_preset
 from alphaflow.train_state import TrainState
 
@@ -54,7 +54,7 @@ def _batch(b: int = 12):
 
 def _run(cfg, model, seed=3):
     x, y, times, eps = _batch()
-    return alpha_flow_loss(model, x, y, alpha=0.0, ratio_fm=0.5, cfg=cfg, num_classes=10,
+    return imf_loss(model, x, y, alpha=0.0, ratio_fm=0.5, config=cfg, num_classes=10,
                            generator=torch.Generator().manual_seed(seed), times=times, eps=eps, return_parts=True)
 
 
@@ -66,7 +66,9 @@ def test_imf_loss_matches_its_formula_float64(conditioned):
     t, r, fm, y, z = parts["t"], parts["r"], parts["fm_mask"], parts["y"], parts["z_t"]
     v = parts["eps"] - (z - t.view(-1, 1, 1, 1) * parts["eps"]) / (1 - t.view(-1, 1, 1, 1))   # e - x from z_t
     assert torch.allclose(v, parts["v"], atol=1e-10)
-    rows = lambda a: a.view(-1, 1, 1, 1)
+    def rows(a):
+        return a.view(-1, 1, 1, 1)
+
     dropped = y == NULL
     if conditioned:
         g = parts["g"]
@@ -120,7 +122,7 @@ def test_imf_fast_path_equals_reference(conditioned):
         cfg = _cfg(conditioned, kernels)
         model = _model(cfg).float()
         x, y, (t, r, fm), eps = _batch()
-        loss, _, parts = alpha_flow_loss(model, x.float(), y, alpha=0.0, ratio_fm=0.5, cfg=cfg, num_classes=10,
+        loss, _, parts = imf_loss(model, x.float(), y, alpha=0.0, ratio_fm=0.5, config=cfg, num_classes=10,
                                          generator=torch.Generator().manual_seed(3),
                                          times=(t.float(), r.float(), fm), eps=eps.float(), return_parts=True)
         grads = torch.autograd.grad(loss, list(model.parameters()))

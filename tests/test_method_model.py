@@ -13,8 +13,8 @@ torch.set_num_threads(1)
 
 def inputs(b, c, h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, c, h, w, generator=g), torch.rand(b, generator=g) * 0.5, torch.rand(b, generator=g) * 0.5 + 0.5,
-            torch.randint(0, 10, (b,), generator=g))
+    return (torch.randn(b, c, h, w, generator=g), torch.rand(b, generator=g) * 0.5,
+            torch.rand(b, generator=g) * 0.5 + 0.5, torch.randint(0, 10, (b,), generator=g))
 
 
 @pytest.mark.parametrize("shape,patch", [((1, 28, 28), 4), ((1, 28, 28), 2), ((1, 8, 8), 2), ((4, 16, 8), 8)])

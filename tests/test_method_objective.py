@@ -54,7 +54,7 @@ def config(**guidance):
 
 def run(model, alpha, cfg=None, n=6, fm_rows=2, seed=1):
     x, y, times, eps = batch(n, seed, fm_rows)
-    return alpha_flow_loss(model, x, y, alpha=alpha, ratio_fm=0.0, cfg=cfg or config(), num_classes=NUM_CLASSES,
+    return alpha_flow_loss(model, x, y, alpha=alpha, ratio_fm=0.0, config=cfg or config(), num_classes=NUM_CLASSES,
                            times=times, eps=eps, return_parts=True)
 
 
@@ -63,14 +63,14 @@ def test_alpha_one_clips_the_r_lt_t_targets_as_the_official_code():
     cfg = config()
     cfg.loss.clip = 0.5              # well inside N(0, 1) noise: many elements are clipped
     x, y, (t, r, fm), eps = batch(n=8, seed=3, fm_rows=3)
-    parts = alpha_flow_loss(tiny_dit(), x, y, alpha=1.0, ratio_fm=0.0, cfg=cfg, num_classes=NUM_CLASSES,
+    parts = alpha_flow_loss(tiny_dit(), x, y, alpha=1.0, ratio_fm=0.0, config=cfg, num_classes=NUM_CLASSES,
                             times=(t, r, fm), eps=eps, return_parts=True)[2]
     v = eps - x
     assert torch.equal(parts["target"][~fm], v[~fm].clamp(-0.5, 0.5))
     assert torch.equal(parts["target"][fm], v[fm]) and v[fm].abs().max() > 0.5
     assert (v[~fm].abs() > 0.5).any()
     cfg.loss.clip_alpha1 = False     # the old behaviour, kept as a setting
-    parts = alpha_flow_loss(tiny_dit(), x, y, alpha=1.0, ratio_fm=0.0, cfg=cfg, num_classes=NUM_CLASSES,
+    parts = alpha_flow_loss(tiny_dit(), x, y, alpha=1.0, ratio_fm=0.0, config=cfg, num_classes=NUM_CLASSES,
                             times=(t, r, fm), eps=eps, return_parts=True)[2]
     assert torch.equal(parts["target"], v)
 
@@ -95,7 +95,7 @@ def test_proof2_alpha_half_is_the_shortcut_target():
     assert model.calls == 2          # one no-grad pass on the r < t rows, one prediction
     t, r, fm, v = parts["t"], parts["r"], parts["fm_mask"], parts["v"]
     mid = (t + r) / 2                # the shortcut's half step: first half along v, second half by the network
-    z_mid = parts["z_t"] - ((t - mid)).view(-1, 1, 1, 1) * v
+    z_mid = parts["z_t"] - (t - mid).view(-1, 1, 1, 1) * v
     with torch.no_grad():
         second_half = model.inner(z_mid, r, mid, parts["y"])
     expected = torch.where(fm.view(-1, 1, 1, 1), v, 0.5 * v + 0.5 * second_half)
@@ -216,7 +216,7 @@ def test_label_dropout_rows_get_the_null_class_and_plain_velocity():
     cfg.guidance.label_dropout = 0.5
     x, y, times, eps = batch(n=40, fm_rows=40)
     g = torch.Generator().manual_seed(3)
-    _, _, parts = alpha_flow_loss(model, x, y, alpha=1.0, ratio_fm=1.0, cfg=cfg, num_classes=NUM_CLASSES,
+    _, _, parts = alpha_flow_loss(model, x, y, alpha=1.0, ratio_fm=1.0, config=cfg, num_classes=NUM_CLASSES,
                                   times=times, eps=eps, generator=g, return_parts=True)
     dropped = parts["y"] == NUM_CLASSES
     assert 5 < int(dropped.sum()) < 35
@@ -246,7 +246,7 @@ def test_adaptive_weight_minsnr_and_beta_enter_the_loss():
 def test_grad_cosine_is_logged_and_bounded():
     model = tiny_dit()
     x, y, times, eps = batch()
-    _, logs = alpha_flow_loss(model, x, y, alpha=0.0, ratio_fm=0.0, cfg=config(), num_classes=NUM_CLASSES,
+    _, logs = alpha_flow_loss(model, x, y, alpha=0.0, ratio_fm=0.0, config=config(), num_classes=NUM_CLASSES,
                               times=times, eps=eps, grad_diagnostics=True)
     assert -1.0 <= logs["grad_cos"] <= 1.0
     assert {"l_tfm", "l_tcc", "loss", "cfg_scale", "beta_mean"} <= set(logs)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from alphaflow.config import TimeConfig
-from alphaflow.timesteps import FM_SAMPLERS, expected_one_minus_dt, register_fm_sampler, sample_t_r, sample_times
 from alphaflow.loss_weights import adaptive_weight, beta_weight, minsnr_weight, progress_s
+from alphaflow.timesteps import FM_SAMPLERS, expected_one_minus_dt, register_fm_sampler, sample_t_r, sample_times
 
 
 @pytest.mark.parametrize("sampler", ["logit_normal", "uniform", "r_ut"])
@@ -69,7 +69,7 @@ def test_minsnr_weight_form():
 
 
 def test_adaptive_weight_normalises_and_detaches():
-    l = torch.tensor([0.5, 2.0], requires_grad=True)
-    w = adaptive_weight(l, torch.tensor([1.0, 0.5]), p=1.0, c=1e-3)
+    losses = torch.tensor([0.5, 2.0], requires_grad=True)
+    w = adaptive_weight(losses, torch.tensor([1.0, 0.5]), p=1.0, c=1e-3)
     assert not w.requires_grad
     torch.testing.assert_close(w, torch.tensor([1 / 0.501, 0.5 / 2.001]))

@@ -143,7 +143,8 @@ def _rank_main(rank, world, port, out_dir, kernels="fast", precision="auto"):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        cfg = small_cfg(seed=rank, kernels=kernels, precision=precision)   # different seeds: the broadcast must align the weights
+        # different seeds: the broadcast must align the weights
+        cfg = small_cfg(seed=rank, kernels=kernels, precision=precision)
         tr = TrainState(cfg, SHAPE, 10)
         losses = []
         for i in range(4):

@@ -8,7 +8,6 @@ import scipy.linalg
 
 from alphaflow.metrics import frechet_distance, gaussian_stats
 
-
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from alphaflow.metrics import (IncompatibleReferenceError, MetricsError, ReferenceStats, WeightsMismatchError,
-                               fid_from_images, load_extractor, sample_metrics)
+from alphaflow.metrics import (
+    IncompatibleReferenceError,
+    MetricsError,
+    ReferenceStats,
+    WeightsMismatchError,
+    fid_from_images,
+    load_extractor,
+    sample_metrics,
+)
 from alphaflow.metrics.extractors import WEIGHTS_DIR
 
 torch.set_num_threads(1)

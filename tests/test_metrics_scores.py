@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 
 from alphaflow.data.sources import load_builtin
-from alphaflow.metrics import (MetricsError, kernel_inception_distance,
-                               precision_recall, sample_grid_png, sample_metrics)
+from alphaflow.metrics import MetricsError, kernel_inception_distance, precision_recall, sample_grid_png, sample_metrics
 from alphaflow.metrics.domain_cnn import quantize_to_grid
 
 torch.set_num_threads(1)

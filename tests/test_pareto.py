@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from orchestrator import tracking
 from orchestrator.cli import main
-from orchestrator.spec.objectives import parse_objectives
 from orchestrator.spec import SpecError, parse_spec
+from orchestrator.spec.objectives import parse_objectives
 from orchestrator.sweep.pareto import dominates, pareto_front
 from tests.toy_store import toy_store
 

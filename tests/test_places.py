@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from orchestrator.spec import SpecError, parse_spec
 from orchestrator.platform import places
 from orchestrator.platform.places import PlaceError
+from orchestrator.spec import SpecError, parse_spec
 
 CLI = [sys.executable, "-m", "orchestrator.cli"]
 

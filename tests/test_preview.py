@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.sweep.preview import asha_rungs, plan_trials
 from orchestrator.spec import load_spec
+from orchestrator.sweep.preview import asha_rungs, plan_trials
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,8 +53,8 @@ def test_cost_estimate_counts_evaluations_shared_cores_waves_and_start_up(monkey
     """The estimate the main spec's measured wall time is held against (docs/spec.md): every part of it moves it."""
     import os
 
-    from orchestrator.sweep import preview
     from orchestrator.spec import apply_sets, parse_spec, read_yaml
+    from orchestrator.sweep import preview
 
     raw = read_yaml((REPO / "sweeps" / "curriculum.yaml").read_text())
     monkeypatch.setattr(os, "cpu_count", lambda: 2)

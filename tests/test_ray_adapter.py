@@ -1,5 +1,6 @@
-"""The private Ray entry points afsweep uses (orchestrator/platform/ray_adapter.py) exist in the pinned Ray: a Ray upgrade
-that moves one fails here, by name, instead of silently bringing back the log flood or breaking cluster joins."""
+"""The private Ray entry points afsweep uses (orchestrator/platform/ray_adapter.py) exist in the pinned Ray: a Ray
+upgrade that moves one fails here, by name, instead of silently bringing back the log flood or breaking cluster
+joins."""
 
 from __future__ import annotations
 
@@ -37,8 +38,7 @@ def test_a_trial_trainer_starts_no_dataset_manager_nor_preemption_watcher(tmp_pa
     import ray.train
     from ray.util.state import list_actors
 
-    from orchestrator.platform.ray_adapter import (PREEMPTION_WATCHER_ENV, skip_unused_train_actors,
-                                                trainer_class)
+    from orchestrator.platform.ray_adapter import PREEMPTION_WATCHER_ENV, skip_unused_train_actors, trainer_class
 
     monkeypatch.setenv(PREEMPTION_WATCHER_ENV, "unset")   # recorded, so the test leaves the environment as it was
     monkeypatch.delenv(PREEMPTION_WATCHER_ENV)

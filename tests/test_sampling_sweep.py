@@ -89,7 +89,8 @@ def test_grid_logs_each_point_under_the_trial_and_picks_the_best(store):
     best_fid1 = min(p.data.metrics["fid1"] for p in points)   # ties are possible: fid1 does not use t_mid
     assert by[(out["best"]["t_mid"], out["best"]["half_life"])]["fid1"] == best_fid1
     files = {f.path for f in client.list_artifacts(trial, f"sampling_sweep/{out['sweep_id']}")}
-    assert {f"sampling_sweep/{out['sweep_id']}/fid_vs_t_mid.png", f"sampling_sweep/{out['sweep_id']}/summary.json"} <= files
+    folder = f"sampling_sweep/{out['sweep_id']}"
+    assert {f"{folder}/fid_vs_t_mid.png", f"{folder}/summary.json"} <= files
     png = client.download_artifacts(trial, f"sampling_sweep/{out['sweep_id']}/fid_vs_t_mid.png",
                                     str(store["root"] / "dl"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from orchestrator.sweep.search import PrunedAwareOptunaSearch, define_by_run
 from orchestrator.spec import parse_spec
+from orchestrator.sweep.search import PrunedAwareOptunaSearch, define_by_run
 
 SPACE = {
     "name": "s",

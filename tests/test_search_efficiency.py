@@ -13,6 +13,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import search_efficiency as se  # noqa: E402
+
 from orchestrator.spec import parse_spec  # noqa: E402
 
 ARGS = argparse.Namespace(dataset="digits", steps=300, eval_every=100, trials=24)

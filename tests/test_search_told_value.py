@@ -9,8 +9,8 @@ import math
 import optuna
 import pytest
 
-from orchestrator.spec.objectives import new_best, told_key, update_best
 from orchestrator.spec import parse_spec
+from orchestrator.spec.objectives import new_best, told_key, update_best
 
 # each trial's fid1 at steps 10, 20, 30 (fid2 the same): the first is best at step 10 and then diverges
 CURVES = {0.001: [10.0, 100.0, 120.0], 0.002: [30.0, 50.0, 60.0]}

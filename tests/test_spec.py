@@ -111,7 +111,8 @@ def test_set_reaches_the_fields_of_a_dotted_search_key(tmp_path):
     p.write_text("name: t\nsearch: {space: {alpha.k_e: {type: uniform, low: 0.4, high: 0.6}}}\n")
     spec = load_spec(p, ["search.space.alpha.k_e.high=0.7", "search.space.optim.lr={type: fixed, value: 0.001}"])
     assert spec.search.space["alpha.k_e"].high == 0.7 and spec.search.space["optim.lr"].value == 0.001
-    with pytest.raises(SpecError, match=r"search.space.alpha.k_e.low: alpha: k_e \(0.4\) must not be before k_s \(0.45\)"):
+    msg = r"search.space.alpha.k_e.low: alpha: k_e \(0.4\) must not be before k_s \(0.45\)"
+    with pytest.raises(SpecError, match=msg):
         load_spec(p, ["search.space.alpha.k_e.high=1.7", "base.overrides.alpha.k_s=0.45"])  # k_e 0.4 before k_s
 
 

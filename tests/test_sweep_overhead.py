@@ -12,6 +12,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import sweep_overhead as so  # noqa: E402
+
 from orchestrator.spec import parse_spec  # noqa: E402
 
 

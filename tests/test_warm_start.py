@@ -34,7 +34,7 @@ SPACE = {
 
 def _sweep(client, exp, name: str, trials: dict) -> None:
     parent = tracking.start_sweep_run(client, exp, name, f"name: {name}\n", {"objectives": "fid1:min"})
-    for i, (trial, (state, params, fid1, wall)) in enumerate(trials.items()):
+    for trial, (state, params, fid1, wall) in trials.items():
         run_id = tracking.get_or_create_trial_run(client, exp, parent, name, f"{name}-{trial}", trial,
                                                   {**params, "swept": ",".join(params)})
         client.log_metric(run_id, "fid1_best", fid1, step=30)

@@ -1,8 +1,8 @@
 """Calibration of a feature space: FID of held-out real images and of known corruptions of them.
 
 A usable FID must put held-out real images near 0 and rank damage sensibly: noise and one-class collapse far
-above blur, blur far above real. docs/method.md#fid-calibration has the numbers of a reference CNN on Fashion-MNIST at 10k vs 10k
-(real 0.18, per-class Gaussian 59, blur 75, collapse 422, noise 450).
+above blur, blur far above real. docs/method.md#fid-calibration has the numbers of a reference CNN on Fashion-MNIST
+at 10k vs 10k (real 0.18, per-class Gaussian 59, blur 75, collapse 422, noise 450).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A small CNN classifier per data set whose 128-d penultimate layer is the feature space of the small-data FID.
 
 Trained once by scripts/train_domain_cnn.py; the weights are committed with their sha256 and never retrained
-inside the metric (docs/method.md#small-data-fid). Architecture: conv stages (3x3 conv, BatchNorm, ReLU; 2x2 max-pool at the end of
-each stage), flatten, Linear -> 128 -> ReLU (the features), Dropout, Linear -> classes.
+inside the metric (docs/method.md#small-data-fid). Architecture: conv stages (3x3 conv, BatchNorm, ReLU; 2x2
+max-pool at the end of each stage), flatten, Linear -> 128 -> ReLU (the features), Dropout, Linear -> classes.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class DomainCNN(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(FEATURE_DIM, num_classes))
 
     @staticmethod
-    def for_spec(spec: DomainSpec) -> "DomainCNN":
+    def for_spec(spec: DomainSpec) -> DomainCNN:
         c, h, w = spec.image_shape
         return DomainCNN(c, h, spec.num_classes, spec.stages)
 

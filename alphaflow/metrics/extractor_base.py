@@ -74,7 +74,7 @@ class FeatureExtractor(ABC):
     def _features_batch(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (B, C, H, W) -> features (B, D), under inference mode."""
 
-    def check_images(self, images: np.ndarray) -> None:
+    def check_images(self, images: np.ndarray) -> None:  # noqa: B027 - a hook: most extractors take any shape
         """Subclasses refuse image shapes their network cannot take."""
 
     def features(self, images, batch_size: int | None = None) -> np.ndarray:

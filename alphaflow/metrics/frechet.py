@@ -6,7 +6,8 @@ tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1 S2. S1
 similar to S1^(1/2) S2 S1^(1/2) (symmetric PSD), so its eigenvalues are real and >= 0 up to rounding: we take the
 general eigenvalues (np.linalg.eigvals), keep real parts and clip tiny negatives. Symmetrising S1 S2 first and using
 eigh would change the eigenvalues and give a wrong answer. This equals pytorch-fid's scipy.linalg.sqrtm form and
-is several times faster (docs/method.md#frechet-distance). All statistics are float64: float32 covariances lose digits at FID < 1.
+is several times faster (docs/method.md#frechet-distance). All statistics are float64: float32 covariances lose
+digits at FID < 1.
 """
 
 from __future__ import annotations

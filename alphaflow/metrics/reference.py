@@ -66,7 +66,7 @@ class ReferenceStats:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ReferenceStats":
+    def load(cls, path: str | Path) -> ReferenceStats:
         path = Path(path)
         if not path.is_file():
             raise MetricsError(f"{path}: reference statistics not found")

@@ -1,7 +1,7 @@
 """Scores of a set of generated images against reference statistics: FID, class accuracy, precision/recall, KID.
 
-FID is biased upward at small N (docs/method.md#frechet-distance): always report N with it. Precision/recall and KID compare against
-the reference's fixed subsample of real features.
+FID is biased upward at small N (docs/method.md#frechet-distance): always report N with it. Precision/recall and
+KID compare against the reference's fixed subsample of real features.
 """
 
 from __future__ import annotations
