@@ -4,7 +4,7 @@ ATen's tanh-approximated GELU costs several times its exact GELU on CPU (forward
 one thread: 11.4 ms vs 4.2 ms exact, measured 2026-12-03). The same function written as x * sigmoid(2u),
 u = sqrt(2/pi) (x + 0.044715 x^3) (since (1 + tanh u) / 2 = sigmoid(2u)), compiled by Inductor into one loop, and its
 derivative into another, take it to 6.8 ms. In a whole tiny or S step GELU is only ~2%, so the gain is small
-(docs/internals.md#the-fast-step). Agreement with ATen: within 1e-6 absolute in fp32 (tests/test_method_fast_step.py).
+(docs/internals.md#the-fast-step). Agreement with ATen: within 1e-6 absolute in fp32 (tests/method/test_fast_step.py).
 
 Compiling a kernel costs a few seconds once per process (Inductor's cache makes later processes faster); where
 torch.compile is unavailable (no C++ compiler) the same formulas run eagerly, which is slower but equal.

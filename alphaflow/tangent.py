@@ -10,7 +10,7 @@ that uses du/dt stops its gradient, so the tangent needs no graph.
 Why not torch.func.jvp: on CPU it costs ~3.5 forwards, needs the explicit-softmax attention, and records the
 tangent's ops in the autograd graph. Here the tangent costs about one no-grad forward of the n rows (each linear
 layer is applied to the tangent without its bias; attention's tangent reuses the softmax probabilities), and the
-backward runs through the primal only. tests/test_method_fast_step.py checks du against torch.func.jvp (fp32,
+backward runs through the primal only. tests/method/test_fast_step.py checks du against torch.func.jvp (fp32,
 <= 1e-5 relative) and against finite differences (float64).
 
 Per-layer rules (primal p, tangent d): linear d -> W d; LayerNorm (no affine) d -> rstd (d - mean d - y mean(y d));

@@ -176,7 +176,7 @@ def main() -> None:
     try:
         sets: list[tuple[str, str, str]] = []   # (data set, where, manifest url)
         if not args.no_s3:
-            from tests.s3_fixtures import start_weed
+            from tests.support.s3_fixtures import start_weed
 
             server = start_weed(work / "weed", "afsweep-bench", "bench-key", "bench-secret-key")
             os.environ.update(server.env())
@@ -228,7 +228,7 @@ def main() -> None:
         print("\n".join(rows))
     finally:
         if server is not None:
-            from tests.s3_fixtures import stop_weed
+            from tests.support.s3_fixtures import stop_weed
 
             stop_weed(server)
         shutil.rmtree(work, ignore_errors=True)

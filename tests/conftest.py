@@ -1,13 +1,13 @@
-"""Shared pytest fixtures, each in its own module: the SeaweedFS S3 server (tests/s3_fixtures.py) and data
-prepared once per session (tests/shared_data.py), and the digits reference statistics of the metrics tests
-(tests/metrics_fixtures.py)."""
+"""Shared pytest fixtures, each in its own module: the SeaweedFS S3 server (tests/support/s3_fixtures.py) and data
+prepared once per session (tests/support/shared_data.py), and the digits reference statistics of the metrics tests
+(tests/support/metrics_fixtures.py)."""
 
 import os
 
 import pytest
 import torch
 
-pytest_plugins = ["tests.s3_fixtures", "tests.shared_data", "tests.metrics_fixtures"]
+pytest_plugins = ["tests.support.s3_fixtures", "tests.support.shared_data", "tests.support.metrics_fixtures"]
 
 torch.set_num_threads(2)  # the test machine has 2 cores; keep each test's torch from oversubscribing them
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MLflow tracking server with the model registry, for a lab: PostgreSQL backend store, artifacts in S3, served
 # through the server (`mlflow-artifacts:`: clients need no S3 credentials and read sample grids and models over
-# HTTP). The tests start exactly this script (tests/servers.py).
+# HTTP). The tests start exactly this script (tests/support/servers.py).
 #   MLFLOW_BACKEND_URI=postgresql://afsweep@DB:5432/mlflow  (password: PGPASSWORD or ~/.pgpass, never in the URL)
 #   MLFLOW_ARTIFACTS_URI=s3://BUCKET/mlflow-artifacts      (S3 credentials: the AWS chain; AWS_ENDPOINT_URL)
 #   MLFLOW_HOST (default 127.0.0.1: pass 0.0.0.0 or the node's address to serve other machines), MLFLOW_PORT

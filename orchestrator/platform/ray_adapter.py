@@ -1,5 +1,5 @@
 """The four places where afsweep reaches into Ray 2.60's private modules, kept here and nowhere else (a test,
-tests/test_ray_adapter.py, fails loudly if the pinned Ray moves any of them). Each has no public equivalent:
+tests/platform/test_ray_adapter.py, fails loudly if the pinned Ray moves any of them). Each has no public equivalent:
 
 - Ray Train logs every `ray.train.report` at INFO from every rank, metrics dict and all, through a logger named
   after its own file; its public LoggingConfig does not reach that logger.
