@@ -2,8 +2,8 @@
 
     python benchmarks/faults.py [-k EXPR]     # about 15 minutes on 2 cores; nothing else should run meanwhile
 
-Each test of the `faults` marker (tests/faults/test_faults.py, tests/faults/test_cluster.py, tests/faults/test_fault_s3.py) measures
-its own figures from MLflow and the sweep's output and records one row (tests/support/fault_table.py); this script runs
+Each test of the `faults` marker (tests/faults/: test_faults.py, test_cluster.py, test_fault_s3.py) measures its
+own figures from MLflow and the sweep's output and records one row (tests/support/fault_table.py); this script runs
 them in one pytest session with AFSWEEP_FAULT_TABLE set and prints the table:
 
     fault | trials completed | steps redone | MLflow runs lost / duplicated | samples skipped | seconds added

@@ -116,10 +116,10 @@ def main() -> None:
     for group in found_circles:
         print("  " + " <-> ".join(group))
     print(f"imports inside functions: {inside} of {total}")
-    print(f"largest functions (lines):")
+    print("largest functions (lines):")
     for n, name in sorted(functions, reverse=True)[: args.top]:
         print(f"  {n:4d}  {name}")
-    print(f"largest files (lines):")
+    print("largest files (lines):")
     for n, name in sorted(sizes, reverse=True)[: args.top]:
         print(f"  {n:4d}  {name}")
 
