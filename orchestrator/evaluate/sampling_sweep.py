@@ -20,6 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from alphaflow.train_state import EVAL_NOISE_SEED, sampling_guidance
 from orchestrator.evaluate.run_eval import download_checkpoint, reference_for, resolve_run_id
 from orchestrator.spec.trial_config import DOMAIN_EXTRACTOR
 from orchestrator.tracking.generator_model import global_tracking_uri, log_generator_model
-from orchestrator.tracking.registry import registered_model_of
+from orchestrator.tracking.registry import create_version, registered_model_of
 
 KNOBS: dict[str, type] = {"guidance": float, "guidance_t_min": float, "guidance_t_max": float, "t_mid": float,
                           "two_nfe": str, "half_life": float, "probe_steps": int}
@@ -280,23 +281,13 @@ def sampling_sweep(client, tracking_uri: str, target: str, knobs: list[Knob], *,
                    ray_address: str | None = None, parallel: int = 2, register_alias: str | None = None,
                    model_name: str | None = None, echo=print) -> SweepResult:
     """Run a sampling sweep over the trial behind `target` (a run id or models:/NAME@ALIAS)."""
-    if not knobs:
-        raise SamplingSweepInputError("no --knob given: name at least one sampling knob (e.g. --knob t_mid=0.3,0.5)")
-    if len({k.name for k in knobs}) != len(knobs):
-        raise SamplingSweepInputError("a knob is given twice: list all its values in one --knob")
-    if metric == "fid_probe" and "probe_steps" not in {k.name for k in knobs}:
-        raise SamplingSweepInputError("--metric fid_probe needs --knob probe_steps=...")
-    if metric not in ("fid_probe", *(f"fid{v}" for v in nfes)):
-        raise SamplingSweepInputError(f"--metric {metric}: not scored here (nfe {', '.join(map(str, nfes))})")
+    check_request(knobs, metric, nfes)
     run_id = resolve_run_id(client, target)
-    tmp = tempfile.mkdtemp(prefix="afsweep-sampling-")
-    path = download_checkpoint(client, run_id, tmp)
-    state = load_state(path)
+    path = download_checkpoint(client, run_id, tempfile.mkdtemp(prefix="afsweep-sampling-"))
     gen = Generator(path)
     gen.model(None)
-    check_knobs(knobs, gen.info, list(state["ema"]))
-    data = gen.info["extra"].get("data") or {}
-    dataset_id = data.get("dataset_id", "")
+    check_knobs(knobs, gen.info, list(load_state(path)["ema"]))
+    dataset_id = (gen.info["extra"].get("data") or {}).get("dataset_id", "")
     extractor_id = extractor_id or DOMAIN_EXTRACTOR.get(dataset_id.split(":")[0])
     if not extractor_id:
         raise SamplingSweepInputError(f"data set {dataset_id!r} has no domain CNN; choose --extractor")
@@ -309,10 +300,42 @@ def sampling_sweep(client, tracking_uri: str, target: str, knobs: list[Knob], *,
     total = len(points) if points is not None else optuna_trials
     echo(f"sampling sweep over run {run_id}: {total} points ({'grid' if points is not None else 'optuna-tpe'}), "
          f"{extractor.id} at N={n}{', on Ray' if ray_address else ''}")
-
     sweep_id = uuid.uuid4().hex[:8]
+    log_point = point_logger(client, run_id, sweep_id, extractor.id, n, int(gen.info["step"]), echo)
+
+    def score(settings):
+        return score_point(gen, settings, extractor, ref, n, nfes, eval_seed, batch_size)
+
+    with ray_scorer(ray_address, path, extractor.id, ref_path, n, nfes, eval_seed, batch_size) as remote:
+        done = run_points(ask, score, remote, log_point)
+    finite = [p for p in done if math.isfinite(p.metrics.get(metric, math.nan))]
+    if not finite:
+        raise SamplingSweepError(f"no point gave a finite {metric}")
+    best = min(finite, key=lambda p: p.metrics[metric])
+    artifacts = log_summary(client, run_id, sweep_id, done, best, [k.name for k in knobs], metric, nfes,
+                            extractor.id, n)
+    result = SweepResult(sweep_id, run_id, metric, done, best, artifacts)
+    if register_alias:
+        result.registered = register_with_settings(client, tracking_uri, run_id, path, best.settings,
+                                                   model_name, register_alias, f"{metric} {best.metrics[metric]:.3f}")
+    return result
+
+
+def check_request(knobs: list[Knob], metric: str, nfes: tuple[int, ...]) -> None:
+    """The knobs and metric name something this sweep can score (SamplingSweepInputError, exit 2, else)."""
+    if not knobs:
+        raise SamplingSweepInputError("no --knob given: name at least one sampling knob (e.g. --knob t_mid=0.3,0.5)")
+    if len({k.name for k in knobs}) != len(knobs):
+        raise SamplingSweepInputError("a knob is given twice: list all its values in one --knob")
+    if metric == "fid_probe" and "probe_steps" not in {k.name for k in knobs}:
+        raise SamplingSweepInputError("--metric fid_probe needs --knob probe_steps=...")
+    if metric not in ("fid_probe", *(f"fid{v}" for v in nfes)):
+        raise SamplingSweepInputError(f"--metric {metric}: not scored here (nfe {', '.join(map(str, nfes))})")
+
+
+def point_logger(client, run_id: str, sweep_id: str, extractor_id: str, n: int, step: int, echo):
+    """log_point(p): each scored point as a nested run under the trial's run (its knobs as params, its scores)."""
     trial = client.get_run(run_id)
-    step = int(gen.info["step"])
 
     def log_point(p: Point) -> None:
         label = " ".join(f"{k}={v}" for k, v in p.settings.items())
@@ -320,53 +343,54 @@ def sampling_sweep(client, tracking_uri: str, target: str, knobs: list[Knob], *,
             "mlflow.parentRunId": run_id, "afsweep.kind": POINT_KIND, "afsweep.sampling_sweep": sweep_id,
             "afsweep.sampling_of_sweep": trial.data.tags.get("afsweep.sweep", "")})
         p.run_id = r.info.run_id
-
         params = [Param(k, str(v)) for k, v in p.settings.items()]
-        params += [Param("extractor", extractor.id), Param("eval_n", str(n)), Param("trial_run", run_id)]
+        params += [Param("extractor", extractor_id), Param("eval_n", str(n)), Param("trial_run", run_id)]
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in p.metrics.items() if math.isfinite(v)]
         client.log_batch(p.run_id, metrics=metrics, params=params)
         client.set_terminated(p.run_id, "FINISHED")
         echo("  " + label + "  " + "  ".join(f"{k} {v:.2f}" for k, v in p.metrics.items()))
 
-    score = lambda s: score_point(gen, s, extractor, ref, n, nfes, eval_seed, batch_size)  # noqa: E731
-    remote, started_ray = None, False
-    if ray_address:
-        if not ray.is_initialized():
-            ray.init(address=None if ray_address == "local" else ray_address, include_dashboard=False,
-                     log_to_driver=False)
-            started_ray = True
-        task = ray.remote(num_cpus=1)(_ray_score)
-        remote = lambda batch_: ray.get([task.remote(path, s, extractor.id, ref_path, n, nfes, eval_seed,  # noqa
-                                                     batch_size) for s in batch_])
-    try:
-        done = run_points(ask, score, remote, log_point)
-    finally:
-        if started_ray:  # a connection we opened is ours to close (a caller's stays open)
-            ray.shutdown()
-    finite = [p for p in done if math.isfinite(p.metrics.get(metric, math.nan))]
-    if not finite:
-        raise SamplingSweepError(f"no point gave a finite {metric}")
-    best = min(finite, key=lambda p: p.metrics[metric])
+    return log_point
 
-    names = [k.name for k in knobs]
+
+@contextmanager
+def ray_scorer(ray_address: str | None, path, extractor_id: str, ref_path, n: int, nfes, eval_seed: int,
+               batch_size: int):
+    """Scores a batch of settings as Ray tasks (None without --ray); a connection opened here is closed here (a
+    caller's stays open)."""
+    if not ray_address:
+        yield None
+        return
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=None if ray_address == "local" else ray_address, include_dashboard=False,
+                 log_to_driver=False)
+    task = ray.remote(num_cpus=1)(_ray_score)
+    try:
+        yield lambda batch: ray.get([task.remote(path, s, extractor_id, ref_path, n, nfes, eval_seed, batch_size)
+                                     for s in batch])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def log_summary(client, run_id: str, sweep_id: str, done: list[Point], best: Point, names: list[str], metric: str,
+                nfes, extractor_id: str, n: int) -> list[str]:
+    """The fid-vs-knob plot and a JSON summary on the trial's run; their artifact paths."""
     metric_names = [m for m in (*(f"fid{v}" for v in nfes), "fid_probe") if any(m in p.metrics for p in done)]
     artifacts = []
     with tempfile.TemporaryDirectory() as out:
         png = Path(out) / f"fid_vs_{names[0]}.png"
         plot_png(done, names, metric_names, str(png))
         summary = Path(out) / "summary.json"
-        summary.write_text(json.dumps({"metric": metric, "extractor": extractor.id, "n": n, "best": best.settings,
+        summary.write_text(json.dumps({"metric": metric, "extractor": extractor_id, "n": n, "best": best.settings,
                                        "points": [{"settings": p.settings, "metrics": p.metrics, "run_id": p.run_id}
                                                   for p in done]}, indent=1))
         for f in (png, summary):
             client.log_artifact(run_id, str(f), f"sampling_sweep/{sweep_id}")
             artifacts.append(f"sampling_sweep/{sweep_id}/{f.name}")
-    result = SweepResult(sweep_id, run_id, metric, done, best, artifacts)
-    if register_alias:
-        result.registered = register_with_settings(client, tracking_uri, run_id, path, best.settings,
-                                                   model_name, register_alias, f"{metric} {best.metrics[metric]:.3f}")
-    return result
+    return artifacts
 
 
 def register_with_settings(client, tracking_uri: str, run_id: str, checkpoint: str, settings: dict[str, Any],
@@ -378,12 +402,7 @@ def register_with_settings(client, tracking_uri: str, run_id: str, checkpoint: s
     with global_tracking_uri(tracking_uri):
         model_uri = log_generator_model(tracking_uri, run_id, checkpoint, "generator_sampling",
                                         sampling=settings)
-        try:
-            client.get_registered_model(model_name)
-        except Exception:
-            client.create_registered_model(model_name, description="afsweep generators (1- and 2-NFE)")
-        model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
-        version = client.create_model_version(model_name, source=model_uri, run_id=run_id, model_id=model_id).version
+        version = create_version(client, model_name, model_uri, run_id)
     for k, v in settings.items():
         client.set_model_version_tag(model_name, version, f"afsweep.sampling.{k}", str(v))
     client.set_model_version_tag(model_name, version, "afsweep.sampling.chosen_by", why)

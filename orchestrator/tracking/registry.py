@@ -61,12 +61,17 @@ def register_version(client: MlflowClient, tracking_uri: str, run_id: str, model
         existing = client.search_model_versions(f"run_id = '{run_id}' and name = '{model_name}'")
         if existing:
             return max(existing, key=lambda mv: int(mv.version)).version
-        try:
-            client.get_registered_model(model_name)
-        except Exception:
-            client.create_registered_model(model_name, description="afsweep generators (1- and 2-NFE)")
-        model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
-        return client.create_model_version(model_name, source=model_uri, run_id=run_id, model_id=model_id).version
+        return create_version(client, model_name, model_uri, run_id)
+
+
+def create_version(client: MlflowClient, model_name: str, model_uri: str, run_id: str) -> str:
+    """A new version of the registered model (created on first use) whose source is the logged model."""
+    try:
+        client.get_registered_model(model_name)
+    except Exception:
+        client.create_registered_model(model_name, description="afsweep generators (1- and 2-NFE)")
+    model_id = model_uri.split("/", 1)[1] if model_uri.startswith("models:/m-") else None
+    return client.create_model_version(model_name, source=model_uri, run_id=run_id, model_id=model_id).version
 
 
 @dataclass
