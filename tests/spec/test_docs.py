@@ -63,3 +63,18 @@ def test_the_readme_lists_every_preset_and_sweep_spec():
     missing = [f"preset {n}" for n in PRESETS if f"`{n}`" not in readme]
     missing += [f"sweeps/{n}" for n in specs if f"`sweeps/{n}`" not in readme]
     assert not missing, f"not in README.md: {missing}"
+
+
+def test_code_and_docs_cite_no_issue_numbers():
+    """Issue numbers mean nothing to a reader of the code: the why goes in the comment itself."""
+    import re
+
+    root = DOC.parents[1]
+    cited = re.compile(r"\bissues? #?\d+\b|\(#\d+\)", re.IGNORECASE)
+    found = [f"{p.relative_to(root)}:{i}" for folder in ("alphaflow", "orchestrator", "tests", "benchmarks", "scripts",
+                                                          "docs", "sweeps", "infra")
+             for p in sorted((root / folder).rglob("*")) if p.suffix in (".py", ".md", ".yaml", ".sh")
+             for i, line in enumerate(p.read_text().splitlines(), 1) if cited.search(line)]
+    found += [f"README.md:{i}" for i, line in enumerate((root / "README.md").read_text().splitlines(), 1)
+              if cited.search(line)]
+    assert not found, found

@@ -1,4 +1,4 @@
-"""The sweep system end to end (issue 6), each against real services:
+"""The sweep system end to end, each against real services:
 - a sweep on an existing Ray cluster (`ray start --head`, `--address`) tracked by a real `mlflow server` over HTTP,
   where ASHA stops a trial and that trial is PRUNED in the Optuna study; `afsweep best` and the registry over HTTP;
 - SIGKILL the sweep driver mid-sweep; `afsweep resume` finishes it: every trial once in Ray, MLflow and Optuna.
