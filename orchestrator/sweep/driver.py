@@ -42,7 +42,7 @@ DEFAULT_RUN_DIR = Path("afsweep-runs")
 
 def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None = None,
            echo=print, sweep_name: str | None = None) -> SweepOutcome:
-    """Run one sweep. Every input is checked before anything is written to MLflow or Ray."""
+    """Run one sweep. Every input is checked before Ray starts or anything is written to MLflow."""
     t0 = time.time()
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
