@@ -12,9 +12,6 @@ from mlflow.tracking import MlflowClient
 
 from alphaflow.errors import ExpectedError, InputError, first_line
 from alphaflow.retry import retry_transient
-from orchestrator.platform.places import default_tracking_uri, resolve_tracking_uri
-
-__all__ = ["default_tracking_uri", "resolve_tracking_uri"]  # where a run dir's store is: platform.places decides
 
 
 class TrackingError(RuntimeError, ExpectedError):
