@@ -74,11 +74,11 @@ def evaluate_generator(sample_fn: SampleFn, decode_fn: DecodeFn, image_shape: tu
     for nfe in (1, 2):
         m, images[nfe], labels = score_sampler(lambda z, y, nfe=nfe: sample_fn(z, y, nfe), decode_fn, image_shape,
                                                num_classes, extractor, reference, n, seed, batch_size)
-        metrics[f"fid{nfe}"] = m["fid"]
+        metrics[f"fid{nfe}"], metrics[f"fid{nfe}_se"] = m["fid"], m["fid_se"]
         if nfe == 2:
             metrics[f"fid2_{two_nfe_name}"] = m["fid"]
         for k, v in m.items():
-            if k not in ("fid", "n"):
+            if k not in ("fid", "fid_se", "n"):
                 metrics[f"{k}{nfe}"] = v
     metrics["eval_n"] = float(n)
     return EvalResult(metrics=metrics, images=images, labels=labels)

@@ -16,7 +16,7 @@ import numpy as np
 
 from alphaflow.metrics.errors import IncompatibleReferenceError, MetricsError
 from alphaflow.metrics.extractors import load_extractor
-from alphaflow.metrics.frechet import gaussian_stats
+from alphaflow.metrics.frechet import gaussian_stats, sqrt_psd
 from alphaflow.metrics.scores import _poly_kernel_offdiag_mean
 
 _TEXT_FIELDS = ("extractor_id", "extractor_sha256", "preprocess", "dataset_id")
@@ -46,6 +46,14 @@ class ReferenceStats:
             cache.clear()
             cache[id(self.real_features)] = _poly_kernel_offdiag_mean(self.real_features)
         return cache[id(self.real_features)]
+
+    def sigma_sqrt(self) -> np.ndarray:
+        """sqrt(sigma), what every bootstrap round of the FID's standard error uses: computed once, then cached."""
+        cache = self.__dict__.setdefault("_sqrt_cache", {})
+        if id(self.sigma) not in cache:
+            cache.clear()
+            cache[id(self.sigma)] = sqrt_psd(self.sigma)
+        return cache[id(self.sigma)]
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file + rename), so a reader never sees half a file."""

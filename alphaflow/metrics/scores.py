@@ -10,7 +10,7 @@ import numpy as np
 
 from alphaflow.metrics.errors import MetricsError
 from alphaflow.metrics.extractors import as_uint8_images
-from alphaflow.metrics.frechet import frechet_distance, gaussian_stats
+from alphaflow.metrics.frechet import frechet_distance, frechet_se, gaussian_stats
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -83,7 +83,9 @@ def fid_from_images(images_uint8, extractor, reference) -> float:
 
 
 def sample_metrics(images_uint8, labels, extractor, reference, k: int = 3) -> dict[str, float]:
-    """{"fid", "n", "class_acc", "precision", "recall", "kid"} of generated uint8 images (N, C, H, W).
+    """{"fid", "fid_se", "n", "class_acc", "precision", "recall", "kid"} of generated uint8 images (N, C, H, W).
+
+    fid_se: the FID's standard error over the generated samples (metrics.frechet.frechet_se, a bootstrap).
 
     labels: the class each image was generated for (None to skip class accuracy). class_acc is the share the
     domain classifier assigns to that class (NaN for extractors without a classifier); precision, recall and KID
@@ -95,7 +97,9 @@ def sample_metrics(images_uint8, labels, extractor, reference, k: int = 3) -> di
     reference.check_compatible(extractor)
     feats, preds = _features_and_predictions(images, extractor)
     mu, sigma = gaussian_stats(feats)
-    out = {"fid": frechet_distance(mu, sigma, reference.mu, reference.sigma), "n": float(len(images))}
+    out = {"fid": frechet_distance(mu, sigma, reference.mu, reference.sigma),
+           "fid_se": frechet_se(feats, reference.mu, reference.sigma, sigma_ref_sqrt=reference.sigma_sqrt()),
+           "n": float(len(images))}
 
     out["class_acc"] = float("nan")
     if labels is not None and preds is not None:

@@ -175,7 +175,8 @@ def evaluate_run(client, run_id: str, extractor_id: str | None, n: int, nfes: tu
         timings[nfe] = time.time() - t0
         for key, value in m.items():
             if key != "n":
-                metrics[f"{key}{nfe}_{extractor.id}_n{n}"] = float(value)
+                name = f"fid{nfe}_se" if key == "fid_se" else f"{key}{nfe}"   # fid1_se, as the sweep logs it
+                metrics[f"{name}_{extractor.id}_n{n}"] = float(value)
     return {"metrics": metrics, "step": info["step"], "extractor": extractor, "reference": ref_path,
             "images": images, "labels": labels, "timings": timings, "dataset_id": dataset_id}
 

@@ -30,13 +30,17 @@ def new_best() -> dict:
 
 
 def update_best(best: dict, scores: dict[str, float], step: int) -> bool:
-    """Fold one evaluation into `best` and add the `<score>_best` and `<score>_best_step` keys to `scores` (what
-    Tune, Optuna, ASHA and MLflow read). True when fid1 improved: the checkpoint to keep in MLflow."""
+    """Fold one evaluation into `best` and add the `<score>_best`, `<score>_best_step` and (when the evaluation
+    has one) `<score>_best_se` keys to `scores` (what Tune, Optuna, ASHA and MLflow read): the best evaluation's
+    own standard error travels with it. True when fid1 improved: the checkpoint to keep in MLflow."""
     improved = scores["fid1"] < best["fid1"]
     for name in SCORES:
         if scores[name] < best[name]:
             best[name], best[f"{name}_step"] = scores[name], step
+            best[f"{name}_se"] = scores.get(f"{name}_se")
         scores[f"{name}_best"], scores[f"{name}_best_step"] = best[name], best[f"{name}_step"]
+        if best.get(f"{name}_se") is not None:
+            scores[f"{name}_best_se"] = best[f"{name}_se"]
     return improved
 
 

@@ -211,7 +211,8 @@ def _stopping_line(spec: SweepSpec, grace: int) -> str:
 
 
 def _reporter(spec: SweepSpec):
-    cols = {"step": "step", "loss_unweighted": "mse", "fid1": "fid1", "fid2": "fid2", "fid1_best": "fid1*"}
+    cols = {"step": "step", "loss_unweighted": "mse", "fid1": "fid1", "fid1_se": "fid1 se", "fid2": "fid2",
+            "fid1_best": "fid1*"}
     params = {k: k for k in list(spec.search.space)[:6]}
     return CLIReporter(metric_columns=cols, parameter_columns=params, max_report_frequency=30,
                        sort_by_metric=True, metric=tune_metric(spec), mode=spec.search.mode)

@@ -102,6 +102,12 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if not stopped_early or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         try:
+            # Tune never passes the result ASHA stopped the trial on to on_trial_result; Optuna keeps a pruned
+            # trial's last intermediate value, so that result is reported first: the study holds the trial's last
+            # told value, as ASHA, MLflow and `afsweep best` do, not the one of the rung before
+            told = result.get(self.metric) if isinstance(self.metric, str) else None
+            if told is not None:
+                self._ot_trials[trial_id].report(told, result.get("training_iteration", 0))
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
         except Exception as exc:  # e.g. told twice after a resume: keep the sweep going
             log.warning("optuna: could not mark trial %s pruned: %s", trial_id, exc)

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_blas_thread")
 def test_sample_metrics_keys_and_real_versus_noise(digits):
     ext, ref, x, y = digits
     real = sample_metrics(x, y, ext, ref)
-    assert set(real) == {"fid", "n", "class_acc", "precision", "recall", "kid"}
+    assert set(real) == {"fid", "fid_se", "n", "class_acc", "precision", "recall", "kid"}
+    assert 0 < real["fid_se"] < real["fid"]
     assert real["n"] == len(x)
     assert real["class_acc"] > 0.97 and real["precision"] > 0.8 and real["recall"] > 0.7
     noise = np.random.default_rng(0).integers(0, 256, size=x.shape, dtype=np.uint8)

@@ -90,6 +90,11 @@ def test_asha_prunes_on_external_cluster_tracked_over_http(tmp_path, fashion_man
         assert int(pruned_run.data.tags["afsweep.stopped_at_step"]) < int(pruned_run.data.params["total_steps"])
         assert "Stopped early by ASHA" in pruned_run.data.tags["mlflow.note.content"]
         assert float(by_state["pruned"].data.params["optim.lr"]) == pytest.approx(1e-7)
+        # one value per trial: what Optuna holds of each trial is the fid1_best MLflow has, stopped early or not
+        for t in study.trials:
+            run = by_state["pruned" if t.state.name == "PRUNED" else "completed"]
+            assert t.value == pytest.approx(run.data.metrics["fid1_best"]), (t.state.name, t.value)
+            assert 0 < run.data.metrics["fid1_best_se"] < run.data.metrics["fid1_best"]
 
         best = _cli(["best", "--metric", "fid1", "--json", "--tracking-uri", uri, "--run-dir", run_dir], timeout=300)
         assert best.returncode == 0, best.stderr

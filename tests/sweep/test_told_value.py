@@ -13,7 +13,9 @@ from orchestrator.spec import parse_spec
 from orchestrator.spec.objectives import new_best, told_key, update_best
 
 # each trial's fid1 at steps 10, 20, 30 (fid2 the same): the first is best at step 10 and then diverges
-CURVES = {0.001: [10.0, 100.0, 120.0], 0.002: [30.0, 50.0, 60.0]}
+CURVES = {0.001: [10.0, 100.0, 120.0], 0.002: [30.0, 50.0, 60.0],
+          # the second improves at the step where ASHA stops it (30 -> 25 at step 20)
+          0.004: [10.0, 10.0, 10.0], 0.005: [30.0, 25.0, 20.0]}
 
 SPEC = {
     "name": "told",
@@ -47,6 +49,12 @@ def test_update_best_keeps_the_running_best():
         seen.append((improved, scores["fid1_best"], scores["fid1_best_step"], scores["fid2_best"]))
     assert seen == [(True, 10.0, 10, 11.0), (False, 10.0, 10, 11.0), (False, 10.0, 10, 11.0)]
     assert told_key("fid1") == "fid1_best" and told_key("wall_s") == "wall_s"
+    # the best evaluation's standard error travels with it
+    best = new_best()
+    for step, fid, se in ((10, 50.0, 2.0), (20, 40.0, 3.0), (30, 45.0, 1.0)):
+        scores = {"fid1": fid, "fid1_se": se, "fid2": fid, "fid2_se": se}
+        update_best(best, scores, step)
+    assert (scores["fid1_best"], scores["fid1_best_se"], scores["fid2_best_se"]) == (40.0, 3.0, 3.0)
     assert math.isinf(new_best()["fid2"])
 
 
@@ -65,13 +73,13 @@ def local_ray():
         ray.shutdown()
 
 
-def test_a_trial_that_diverged_late_is_told_and_compared_by_its_best(tmp_path, local_ray):
+def _run_sweep(spec, tmp_path):
+    """The sweep's own searcher and scheduler over the toy trials: (Tune's results, the Optuna study)."""
     from ray import tune
 
     from orchestrator.sweep.bounds import grace_period, max_total_steps
     from orchestrator.sweep.search import make_scheduler, make_searcher
 
-    spec = parse_spec(SPEC)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tuner = tune.Tuner(
         toy_trial,
@@ -82,7 +90,11 @@ def test_a_trial_that_diverged_late_is_told_and_compared_by_its_best(tmp_path, l
     )
     grid = tuner.fit()
     assert not grid.errors
-    study = optuna.load_study(study_name="told", storage=storage)
+    return grid, optuna.load_study(study_name="told", storage=storage)
+
+
+def test_a_trial_that_diverged_late_is_told_and_compared_by_its_best(tmp_path, local_ray):
+    grid, study = _run_sweep(parse_spec(SPEC), tmp_path)
     told = {t.params["optim.lr"]: (t.state.name, t.value if t.state.name == "COMPLETE" else None,
                                    set(t.intermediate_values.values())) for t in study.trials}
     # the diverged trial is told 10 (its best, at step 10), not 120 (its last); with the last value it would be 120
@@ -92,3 +104,17 @@ def test_a_trial_that_diverged_late_is_told_and_compared_by_its_best(tmp_path, l
     assert told[0.002] == ("PRUNED", None, {30.0}), told
     steps = sorted(r.metrics["step"] for r in grid)
     assert steps == [20, 30], steps
+
+
+def test_a_trial_stopped_right_after_it_improved_holds_that_value_in_optuna(tmp_path, local_ray):
+    """Tune hands the result ASHA stops a trial on to the searcher's on_trial_complete only: the study must hold
+    that value (25, what ASHA compared and MLflow logged), not the one of the evaluation before (30)."""
+    spec = parse_spec({**SPEC, "search": {**SPEC["search"], "space": {
+        "optim.lr": {"type": "choice", "values": [0.004, 0.005]}},
+        "points_to_evaluate": [{"optim.lr": 0.004}, {"optim.lr": 0.005}]}})
+    grid, study = _run_sweep(spec, tmp_path)
+    last = {r.config["optim.lr"]: r.metrics for r in grid}
+    assert last[0.005]["step"] == 20 and last[0.005]["fid1_best"] == 25.0   # stopped at the rung, improved there
+    stopped = next(t for t in study.trials if t.params["optim.lr"] == 0.005)
+    assert stopped.state.name == "PRUNED"
+    assert stopped.value == 25.0 and stopped.intermediate_values[stopped.last_step] == 25.0, stopped
