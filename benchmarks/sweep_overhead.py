@@ -37,6 +37,7 @@ def spec_text(trials: int, steps: int | None) -> str:
     spec = yaml.safe_load(MAIN_SPEC.read_text())
     spec["name"] = "overhead"
     spec["search"]["num_trials"] = trials
+    spec["search"]["include_base"] = False   # `trials` search points, as measured before the base trial existed
     spec["search"]["early_stopping"] = {"scheduler": "none"}
     if steps:
         spec["base"]["overrides"]["total_steps"] = steps

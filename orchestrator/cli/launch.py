@@ -51,7 +51,11 @@ def print_outcome(outcome) -> None:
         click.echo(f"  failed: {f}")
     if outcome.best:
         b = outcome.best
-        click.echo(f"best trial: {b.run_name} (run {b.run_id}): {b.metric} = {b.value:.3f} at step {b.step}")
+        click.echo(f"best trial: {b.run_name} (run {b.run_id}): {b.metric} = {_with_se(b)} at step {b.step}")
+        if outcome.base is not None:
+            click.echo(f"base setting: {outcome.base.run_name} (run {outcome.base.run_id}): "
+                       f"{outcome.base.metric} = {_with_se(outcome.base)} at step {outcome.base.step}")
+            click.echo(f"gain over the base setting: {outcome.gain.line()}")
         if outcome.untrained_fid1 is not None:
             click.echo(f"untrained model: fid1 = {outcome.untrained_fid1:.3f}")
         for k in swept_keys(b):
@@ -77,3 +81,7 @@ def print_outcome(outcome) -> None:
                    f"registered", err=True)
         sys.exit(1)
 
+
+def _with_se(trial) -> str:
+    """`148.743 +- 2.104 (SE)`: a score with its evaluation's standard error, when it has one."""
+    return f"{trial.value:.3f}" + (f" +- {trial.se:.3f} (SE)" if trial.se is not None else "")

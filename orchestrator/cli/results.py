@@ -11,6 +11,7 @@ from orchestrator import tracking
 from orchestrator.cli.common import RUN_DIR_OPTION, TRACKING_URI_OPTION, BadArgument, fmt, swept_keys
 from orchestrator.platform.places import hide_secret
 from orchestrator.spec.objectives import parse_objectives
+from orchestrator.sweep.comparison import gain_over_base
 from orchestrator.sweep.pareto import point_dict, sweep_points
 
 
@@ -47,14 +48,21 @@ def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_nam
         b = rows[0]
         name = model_name or tracking.registered_model_of(client, b.run_id)
         rows[0].model_uri = tracking.register_generator(client, uri, b.run_id, name, [alias])
+    base = None if sweep == "all" else tracking.base_trial(client, exp.experiment_id, sweep, metric)
+    gains = [gain_over_base(r.metric, r.value, r.se, base.value, base.se, same_trial=r.run_id == base.run_id)
+             if base else None for r in rows]
     if as_json:
-        click.echo(json.dumps([_best_dict(r) for r in rows], indent=2))
+        click.echo(json.dumps([_best_dict(r, g, base) for r, g in zip(rows, gains)], indent=2))
         return
-    for i, r in enumerate(rows, 1):
-        click.echo(f"#{i} sweep {r.sweep}  trial {r.run_name}  run {r.run_id}")
-        click.echo(f"   {r.metric} = {r.value:.4f}  (step {r.step})")
+    for i, (r, gain) in enumerate(zip(rows, gains), 1):
+        role = "  (the base setting)" if r.role == "base" else ""
+        click.echo(f"#{i} sweep {r.sweep}  trial {r.run_name}  run {r.run_id}{role}")
+        se = f" +- {r.se:.4f} (SE of the evaluation)" if r.se is not None else ""
+        click.echo(f"   {r.metric} = {r.value:.4f}{se}  (step {r.step})")
         for k in swept_keys(r):
             click.echo(f"   {k} = {r.params.get(k)}")
+        if gain is not None and r.role != "base":
+            click.echo(f"   vs base {base.run_name}: {gain.line()}")
         click.echo(f"   model: {r.model_uri or '(not registered)'}")
 
 
@@ -131,7 +139,8 @@ def status(sweep_name, experiment, tracking_uri, as_json, run_dir):
         click.echo(f"its driver stopped without finishing it: afsweep resume {sweep_name} (same --run-dir and URLs)")
     click.echo(f"{'trial':<28} {'state':<10} {'step':>6} {'fid1':>9} {'fid1_best':>9} {'wall_s':>8} {'cpu_s':>8}")
     for t in rows["trials"]:
-        click.echo(f"{t['name']:<28} {t['state']:<10} {fmt(t['step'], 0):>6} {fmt(t['fid1']):>9} "
+        name = t["name"] + (" (base)" if t["role"] == "base" else "")
+        click.echo(f"{name:<28} {t['state']:<10} {fmt(t['step'], 0):>6} {fmt(t['fid1']):>9} "
                    f"{fmt(t['fid1_best']):>9} {fmt(t['wall_s'], 0):>8} {fmt(t['cpu_s'], 0):>8}")
     if rows["best"]:
         click.echo(f"best so far: {rows['best']['name']} fid1_best = {rows['best']['fid1_best']:.3f}")
@@ -160,8 +169,12 @@ def _no_sweep(client, uri, exp, sweep):
 
 
 
-def _best_dict(r) -> dict:
-    return {"run_id": r.run_id, "run_name": r.run_name, "sweep": r.sweep, "metric": r.metric, "value": r.value,
-            "step": r.step, "params": {k: tracking.param_value(r.params.get(k)) for k in swept_keys(r)},
-            "model_uri": r.model_uri}
+def _best_dict(r, gain=None, base=None) -> dict:
+    out = {"run_id": r.run_id, "run_name": r.run_name, "sweep": r.sweep, "metric": r.metric, "value": r.value,
+           "se": r.se, "step": r.step, "role": r.role,
+           "params": {k: tracking.param_value(r.params.get(k)) for k in swept_keys(r)}, "model_uri": r.model_uri}
+    if gain is not None:
+        out.update(base_run_id=base.run_id, base_value=base.value, base_se=base.se, gain_over_base=gain.value,
+                   gain_over_base_se=gain.se)
+    return out
 

@@ -100,6 +100,9 @@ class SearchSpec(Strict):
     storage: NoSecretURL = Field(None, description="the Optuna study's database (an SQLAlchemy URL); default "
                                 "sqlite:///<run_dir>/optuna.db, postgresql://USER@HOST/DB for a lab")
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+    # the base setting (preset + base.overrides, no searched value) as the sweep's first trial, the reference the
+    # best is measured against; it runs to its end (ASHA never stops it) and is not a point of Optuna's study
+    include_base: bool = True
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     # a multi-objective search: {fid1: min, fid2: min} or {fid1: min, wall_s: min}, in order (the first is the
     # primary one); `metric` still names the single best trial the sweep registers
@@ -151,6 +154,10 @@ class SearchSpec(Strict):
         if self.warm_start:
             raise FieldError("warm_start", "a grid runs every combination whatever earlier sweeps found; leave "
                              "warm_start out")
+        if "include_base" in self.model_fields_set and self.include_base:
+            raise FieldError("include_base", "a grid runs its own combinations only; add the base values to the "
+                             "space's choices instead")
+        self.include_base = False
         return self
 
 

@@ -17,6 +17,11 @@ from alphaflow.presets import get_preset
 from orchestrator.spec.models import METHOD_KEY, PRESET_KEY, DataSpec, SweepSpec, TrainSpec
 from orchestrator.spec.strict import Strict
 
+# a trial's config key naming its role when it is not a search point: `base` (the spec's base setting, the
+# reference the best is measured against). Not a searched parameter: Optuna never sees it.
+ROLE_KEY = "afsweep_role"
+SEARCH_ROLE, BASE_ROLE = "search", "base"
+
 # feature extractor of the sweep's fid1/fid2 per built-in data set (others: the Fashion-MNIST CNN)
 DOMAIN_EXTRACTOR = {"fashion-mnist": "fashion-mnist-cnn", "digits": "digits-cnn"}
 
@@ -45,6 +50,7 @@ class TrialConfig(Strict):
     train: TrainSpec
     sweep: SweepContext | None = None
     run_id: str | None = None          # the trial's child run, set once it exists
+    role: str = SEARCH_ROLE            # search, or base (the reference trial: no searched value)
 
 
 def method_overrides(spec: SweepSpec, name: Any) -> dict[str, Any]:
@@ -72,12 +78,12 @@ def method_config(spec: SweepSpec, params: dict[str, Any], trial_number: int | N
 
 
 def build_trial_config(spec: SweepSpec, params: dict[str, Any], sweep: SweepContext | None = None,
-                       trial_number: int | None = None) -> TrialConfig:
+                       trial_number: int | None = None, role: str = SEARCH_ROLE) -> TrialConfig:
     name = params.get(METHOD_KEY)
     return TrialConfig(method=method_config(spec, params, trial_number),
                        preset=str(params.get(PRESET_KEY, spec.base.preset)),
                        method_name=None if name is None else str(name), searched=dict(params),
-                       data=spec.data, train=spec.train, sweep=sweep)
+                       data=spec.data, train=spec.train, sweep=sweep, role=role)
 
 
 def domain_extractor(dataset_id: str | None) -> str:

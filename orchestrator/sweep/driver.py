@@ -145,6 +145,9 @@ def echo_plan(spec: SweepSpec, sweep: SweepContext, places: SweepPlaces, warm: W
          f"{hide_secret(sweep.tracking_uri)}")
     echo(f"afsweep: sweep state and checkpoints in {places.sweep_dir(sweep.sweep_name)}, Optuna study in "
          f"{hide_secret(places.optuna_url)}")
+    if spec.search.include_base:
+        echo("afsweep: the first trial runs the base setting (preset + base.overrides, no searched value) to its "
+             "end: the reference the best is measured against (search.include_base: false leaves it out)")
     if warm:
         echo(warm.line())
     echo(ui_line(sweep.tracking_uri, sweep.experiment_id))

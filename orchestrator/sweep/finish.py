@@ -11,6 +11,7 @@ import optuna
 
 from orchestrator import tracking
 from orchestrator.spec import SweepSpec
+from orchestrator.sweep.comparison import Gain, gain_over_base
 from orchestrator.sweep.pareto import log_front
 
 
@@ -27,6 +28,8 @@ class SweepOutcome:
     failures: list[str] = field(default_factory=list)
     metric: str = "fid1"
     best: tracking.BestTrial | None = None
+    base: tracking.BestTrial | None = None      # the base setting's trial (search.include_base)
+    gain: Gain | None = None                     # the best's gain over it
     untrained_fid1: float | None = None
     registered: dict[str, str] = field(default_factory=dict)
     promotions: list[tracking.Promotion] = field(default_factory=list)
@@ -86,6 +89,7 @@ def finish(client, spec: SweepSpec, sweep_name: str, parent_run_id: str, trackin
             outcome.untrained_fid1 = start[0]
             summary["untrained_fid1"] = start[0]
         client.set_tag(parent_run_id, "afsweep.best_run_id", outcome.best.run_id)
+        compare_with_base(client, experiment_id, sweep_name, parent_run_id, spec, outcome, summary)
     if spec.search.objectives:
         outcome.objectives = dict(spec.search.objectives)
         outcome.pareto = log_front(client, parent_run_id, experiment_id, sweep_name, outcome.objectives)
@@ -97,6 +101,24 @@ def finish(client, spec: SweepSpec, sweep_name: str, parent_run_id: str, trackin
         client.set_tag(parent_run_id, "afsweep.error", f"no trial completed ({outcome.failed} failed)")
         client.set_terminated(parent_run_id, status="FAILED")
     return outcome
+
+
+def compare_with_base(client, experiment_id: str, sweep_name: str, parent_run_id: str, spec: SweepSpec,
+                      outcome: SweepOutcome, summary: dict[str, float]) -> None:
+    """The base trial, and the best's gain over it, on the outcome and the parent run (`base_<metric>_best`,
+    `gain_<metric>`, `gain_<metric>_se`, tag `afsweep.base_run_id`)."""
+    metric, best = spec.search.metric, outcome.best
+    base = tracking.base_trial(client, experiment_id, sweep_name, metric)
+    if base is None:
+        return
+    outcome.base = base
+    outcome.gain = gain_over_base(best.metric, best.value, best.se, base.value, base.se, spec.search.mode,
+                                  same_trial=best.run_id == base.run_id)
+    client.set_tag(parent_run_id, "afsweep.base_run_id", base.run_id)
+    summary[f"base_{metric}_best"] = base.value
+    summary[f"gain_{metric}"] = outcome.gain.value
+    if outcome.gain.se is not None:
+        summary[f"gain_{metric}_se"] = outcome.gain.se
 
 
 def _sum_trial_metric(client, experiment_id: str, sweep: str, names: tuple[str, ...]) -> dict[str, float]:

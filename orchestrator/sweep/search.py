@@ -6,13 +6,14 @@ import logging
 from typing import Any
 
 import optuna
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.spec import SweepSpec
 from orchestrator.spec.objectives import search_objectives, told_key
 from orchestrator.spec.search_space import Fixed, grid_of
+from orchestrator.spec.trial_config import BASE_ROLE, ROLE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,35 @@ class TuneGridSampler(optuna.samplers.GridSampler):
         return None
 
 
+def is_base(trial_config: dict) -> bool:
+    """The sweep's base trial (search.include_base): its Tune config carries the base role, no searched value."""
+    return trial_config.get(ROLE_KEY) == BASE_ROLE
+
+
 class PrunedAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna PRUNED, not COMPLETE, for a trial that stopped before its last step.
+    """OptunaSearch that tells Optuna PRUNED, not COMPLETE, for a trial that stopped before its last step, and
+    (`base_first`) hands out the spec's base setting as the first trial.
 
     Ray hands an ASHA-stopped trial to the searcher as an ordinary completion with the truncated score
     (docs/platform.md#pruned-trials); TPE would then learn from a score the trial never reached.
+    The base trial is a reference, not a search point (its values may lie outside the space): Optuna never sees it.
+    Whether it was handed out is part of the pickled state `afsweep resume` restores, so it runs once.
     """
+
+    def __init__(self, *args, base_first: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._base_pending = base_first
+        self._base_trial: str | None = None
+
+    def suggest(self, trial_id: str):
+        if self._base_pending:
+            self._base_pending, self._base_trial = False, trial_id
+            return {ROLE_KEY: BASE_ROLE}
+        return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict):
         # checkpoint-only reports (train.checkpoint_every) carry no score: nothing to tell Optuna
-        if isinstance(self.metric, str) and self.metric not in result:
+        if trial_id == self._base_trial or (isinstance(self.metric, str) and self.metric not in result):
             return
         super().on_trial_result(trial_id, result)
 
@@ -92,6 +112,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
                 log.warning("optuna: grid combination %s of a lost trial queued again", t.params)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id == self._base_trial:
+            return
         stopped_early = (
             not error
             and result is not None
@@ -167,6 +189,7 @@ def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None, war
         study_name=study_name,
         storage=optuna.storages.RDBStorage(storage_url) if storage_url else None,
         points_to_evaluate=(points or None) if warm is None else None,
+        base_first=s.include_base,
     )
     if warm is not None:
         # the study exists once OptunaSearch has a space: the history first (trials 0..n-1, as it happened), then
@@ -177,12 +200,21 @@ def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None, war
     return ConcurrencyLimiter(optuna_search, max_concurrent=s.max_concurrent)
 
 
+class BaseRunsToItsEnd(ASHAScheduler):
+    """ASHA that never stops the base trial: the reference is measured at full length like the trials it is
+    compared with. Its scores still count in the rungs (a searched trial worse than the base may be stopped)."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if is_base(trial.config) else decision
+
+
 def make_scheduler(spec: SweepSpec, total_steps: int, grace_period: int):
     """ASHA on the same value the searcher is told (`tune_metric`), or no early stopping."""
     es = spec.search.early_stopping
     if es.scheduler == "none":
         return FIFOScheduler()
-    scheduler = ASHAScheduler(
+    scheduler = BaseRunsToItsEnd(
         time_attr="step",
         max_t=total_steps,
         grace_period=grace_period,

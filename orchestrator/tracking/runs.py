@@ -18,6 +18,7 @@ KIND_TAG = "afsweep.kind"
 SWEEP_TAG = "afsweep.sweep"
 TRIAL_TAG = "afsweep.trial_id"
 STATUS_TAG = "afsweep.status"
+ROLE_TAG = "afsweep.role"   # search, or base: the spec's base setting, the reference the best is measured against
 
 
 def flat_params(params: dict[str, Any]) -> dict[str, str]:
@@ -126,6 +127,8 @@ class BestTrial:
     step: int | None
     params: dict[str, str]
     model_uri: str | None
+    se: float | None = None           # the standard error of the evaluation that scored `value` (its samples)
+    role: str = "search"              # search, or base
 
 
 def sweep_names(client: MlflowClient, experiment_id: str, most: int = 20) -> list[str]:
@@ -168,20 +171,36 @@ def best_trials(client: MlflowClient, experiment_id: str, metric: str, sweep: st
     for r in runs:
         if not is_candidate(r, metric, finished_only):
             continue
-        step = r.data.metrics.get(f"{summary}_step", r.data.metrics.get(f"{metric}_best_step"))
-        out.append(BestTrial(
-            run_id=r.info.run_id,
-            run_name=r.info.run_name,
-            sweep=r.data.tags.get(SWEEP_TAG, ""),
-            metric=summary,
-            value=r.data.metrics[summary],
-            step=int(step) if step is not None else None,
-            params=dict(r.data.params),
-            model_uri=registered_uri_for_run(client, r.info.run_id, metric),
-        ))
+        out.append(best_trial_of(client, r, metric))
         if len(out) >= top:
             break
     return out
+
+
+def best_trial_of(client: MlflowClient, run, metric: str) -> BestTrial:
+    """A trial run's best `metric` as a BestTrial (its value, step, standard error, role and model)."""
+    summary = f"{metric}_best"
+    step = run.data.metrics.get(f"{summary}_step")
+    return BestTrial(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name,
+        sweep=run.data.tags.get(SWEEP_TAG, ""),
+        metric=summary,
+        value=run.data.metrics[summary],
+        step=int(step) if step is not None else None,
+        params=dict(run.data.params),
+        model_uri=registered_uri_for_run(client, run.info.run_id, metric),
+        se=run.data.metrics.get(f"{summary}_se"),
+        role=run.data.tags.get(ROLE_TAG, "search"),
+    )
+
+
+def base_trial(client: MlflowClient, experiment_id: str, sweep: str, metric: str) -> BestTrial | None:
+    """The sweep's base trial (search.include_base) with its best `metric`, if it ran and scored after training."""
+    runs = client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'trial' and tags.`{SWEEP_TAG}` = '{sweep}' "
+                              f"and tags.`{ROLE_TAG}` = 'base'", max_results=10)
+    scored = [r for r in runs if is_candidate(r, metric, finished_only=False)]
+    return best_trial_of(client, scored[0], metric) if scored else None
 
 
 HEARTBEAT_TAG = "afsweep.driver_seen"  # "<unix time> <interval s>", refreshed by the running driver
@@ -213,6 +232,7 @@ def sweep_status(client: MlflowClient, experiment_id: str, sweep: str | None) ->
         counts[state] = counts.get(state, 0) + 1
         m = r.data.metrics
         trials.append({"name": r.info.run_name, "run_id": r.info.run_id, "state": state,
+                       "role": r.data.tags.get(ROLE_TAG, "search"), "fid1_best_se": m.get("fid1_best_se"),
                        "step": m.get("fid1_best_step") if "step" not in m else m["step"],
                        "fid1": m.get("fid1"), "fid1_best": m.get("fid1_best"), "fid2_best": m.get("fid2_best"),
                        "wall_s": m.get("wall_s"), "cpu_s": m.get("cpu_s"), "gpu_s": m.get("gpu_s")})

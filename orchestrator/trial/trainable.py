@@ -16,7 +16,13 @@ from orchestrator import tracking
 from orchestrator.platform.places import storage_filesystem
 from orchestrator.platform.ray_adapter import trainer_class
 from orchestrator.spec import SweepSpec
-from orchestrator.spec.trial_config import SweepContext, build_trial_config, trial_number
+from orchestrator.spec.trial_config import (
+    ROLE_KEY,
+    SEARCH_ROLE,
+    SweepContext,
+    build_trial_config,
+    trial_number,
+)
 from orchestrator.trial.worker import DIVERGED_KEY, train_loop
 
 SETTINGS_KEY = "afsweep"  # the trial config's static part; every other key is a searched method parameter
@@ -25,7 +31,7 @@ DIVERGED_TAG = "afsweep.error"  # where the worker records the non-finite loss l
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     """The searched parameters of a trial, flat keys (Tune may have nested a dotted key on '/')."""
-    return dotted_keys({k: v for k, v in config.items() if k != SETTINGS_KEY}, sep="/")
+    return dotted_keys({k: v for k, v in config.items() if k not in (SETTINGS_KEY, ROLE_KEY)}, sep="/")
 
 
 def trial_dirname(trial) -> str:
@@ -34,7 +40,8 @@ def trial_dirname(trial) -> str:
     config, which are the same for every trial)."""
     searched = ",".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in trial_params(trial.config).items())
-    name = f"trial_{trial.trial_id}" + (f"_{searched}" if searched else "")
+    role = trial.config.get(ROLE_KEY)
+    name = f"trial_{trial.trial_id}" + (f"_{searched}" if searched else "") + (f"_{role}" if role else "")
     return "".join(ch if ch.isalnum() or ch in "._=,-" else "-" for ch in name)[:150]
 
 
@@ -45,7 +52,8 @@ def run_trial(config: dict[str, Any]) -> None:
     params = trial_params(config)
     spec = SweepSpec.model_validate(settings["spec"])
     sweep = SweepContext.model_validate(settings["sweep"])
-    trial = build_trial_config(spec, params, sweep, trial_number=trial_number(trial_id))
+    role = config.get(ROLE_KEY, SEARCH_ROLE)
+    trial = build_trial_config(spec, params, sweep, trial_number=trial_number(trial_id), role=role)
 
     client = tracking.MlflowClient(tracking_uri=sweep.tracking_uri)
     trial.run_id = tracking.through_outages(
@@ -54,7 +62,7 @@ def run_trial(config: dict[str, Any]) -> None:
         params={**flatten(trial.method), "preset": trial.preset, "swept": ",".join(sorted(params)),
                 **({"method": trial.method_name} if trial.method_name is not None else {}),
                 tracking.EXTRACTOR_PARAM: sweep.extractor, tracking.EVAL_N_PARAM: trial.train.eval_samples},
-        tags=sweep.run_tags, dataset=sweep.dataset, uri=sweep.tracking_uri)
+        tags={**sweep.run_tags, tracking.ROLE_TAG: role}, dataset=sweep.dataset, uri=sweep.tracking_uri)
     diverged = tracking.through_outages("reading the trial's run", client.get_run, trial.run_id,
                                         uri=sweep.tracking_uri).data.tags.get(DIVERGED_TAG, "")
     if diverged.startswith("non-finite loss"):  # a restart (Tune's, or resume) of a trial that diverged

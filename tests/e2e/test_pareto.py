@@ -28,6 +28,7 @@ train: {workers: 2, eval_every: 15, log_every: 5, eval_samples: 200}
 search:
   num_trials: 3
   max_concurrent: 2
+  include_base: false     # every trial a point of the study (the warm start below reads them all)
   seed: 5
   objectives: {fid1: min, wall_s: min}
   space:

@@ -4,6 +4,8 @@ trial, MLflow on sqlite), then `afsweep best` reads it back and the registered m
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
 import time
@@ -64,6 +66,10 @@ def test_launch_succeeds_and_reports(sweep):
     assert "Ray dashboard: http://127.0.0.1:" in out
     assert "best trial:" in out and "fid1 =" in out
     assert "untrained model: fid1 =" in out
+    # the base setting ran as the first trial, and the best is measured against it, each with its evaluation error
+    assert "afsweep: the first trial runs the base setting" in out
+    assert re.search(r"base setting: \S+ \(run \w+\): fid1_best = [\d.]+ \+- [\d.]+ \(SE\)", out), out
+    assert "gain over the base setting: fid1_best: " in out
     assert "models:/afsweep-fashion-mnist@best-fid1" in out
 
 
@@ -79,13 +85,25 @@ def test_mlflow_parent_and_child_runs(sweep):
     assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 2
+    assert sorted(c.data.tags["afsweep.role"] for c in children) == ["base", "search"]
+    base = next(c for c in children if c.data.tags["afsweep.role"] == "base")
+    assert base.data.params["swept"] == "" and base.data.tags["afsweep.status"] == "completed"
+    assert parent.data.tags["afsweep.base_run_id"] == base.info.run_id
+    assert parent.data.metrics["base_fid1_best"] == base.data.metrics["fid1_best"]
+    best = client.get_run(parent.data.tags["afsweep.best_run_id"]).data.metrics
+    assert parent.data.metrics["gain_fid1"] == pytest.approx(base.data.metrics["fid1_best"] - best["fid1_best"])
+    assert parent.data.metrics["gain_fid1_se"] == pytest.approx(math.hypot(base.data.metrics["fid1_best_se"],
+                                                                           best["fid1_best_se"]))
     for child in children:
         assert child.info.status in ("FINISHED", "KILLED")
         p = child.data.params
         assert "alpha.k_e" in p and "optim.lr" in p and "total_steps" in p
-        assert 0.3 <= float(p["alpha.k_e"]) <= 0.5
-        # the training curves, the scores, and the probes: an extra EMA half-life and N steps of u(z, t, t)
+        if child is not base:
+            assert 0.3 <= float(p["alpha.k_e"]) <= 0.5
+        # the training curves, the scores with their standard errors, and the probes: an extra EMA half-life
+        # and N steps of u(z, t, t)
         for metric in ("loss", "loss_unweighted", "alpha", "ratio_fm", "lr", "fid1", "fid2", "fid1_best",
+                       "fid1_se", "fid2_se", "fid1_best_se",
                        "fid1_best_step", "fid1_ema10", "fid_v4", "class_acc1", "cpu_s", "wall_s"):
             hist = client.get_metric_history(child.info.run_id, metric)
             assert hist, f"{metric} not logged"
@@ -132,7 +150,8 @@ def test_what_an_mlflow_user_sees(sweep):
 
     study = optuna.load_study(study_name=parent.data.tags["afsweep.sweep"],
                               storage=f"sqlite:///{run_dir / 'optuna.db'}")
-    lrs = {float(c.data.params["optim.lr"]): c.data.metrics["fid1_best"] for c in children}
+    lrs = {float(c.data.params["optim.lr"]): c.data.metrics["fid1_best"] for c in children
+           if c.data.tags["afsweep.role"] == "search"}
     told = [(t.params["optim.lr"], t.value) for t in study.trials if t.state.name == "COMPLETE"]
     for lr, value in told:   # the child run with this trial's learning rate (params are stored to 6 digits)
         nearest = min(lrs, key=lambda x: abs(x - lr))
@@ -140,8 +159,9 @@ def test_what_an_mlflow_user_sees(sweep):
     assert told
     sweep_dir = next((run_dir / "ray").glob("e2e-*"))
     trial_dirs = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and d.name.startswith("trial_"))
-    assert len(trial_dirs) == 2 and all("alpha.k_e=" in d and "optim.lr=" in d and "preset" not in d
-                                        for d in trial_dirs), trial_dirs
+    searched = [d for d in trial_dirs if not d.endswith("_base")]
+    assert len(trial_dirs) == 2 and len(searched) == 1, trial_dirs   # the base trial's folder says so
+    assert all("alpha.k_e=" in d and "optim.lr=" in d and "preset" not in d for d in searched), trial_dirs
 
 
 def test_best_cli_and_registered_generator(sweep):

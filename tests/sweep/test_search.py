@@ -116,3 +116,37 @@ def test_gp_sampler_searches_the_same_space_rules():
     study.optimize(objective, n_trials=16)
     values = [t.value for t in study.trials]
     assert min(values[4:]) < min(values[:4]) and min(values) < 0.05
+
+
+def test_base_first_searcher_hands_out_the_base_once_even_after_a_restore(tmp_path):
+    from orchestrator.spec.trial_config import BASE_ROLE, ROLE_KEY
+
+    spec = parse_spec(SPACE)
+    assert spec.search.include_base   # the default for a search
+    search = PrunedAwareOptunaSearch(space=define_by_run(spec), metric="fid1", mode="min",
+                                     sampler=optuna.samplers.TPESampler(seed=0), study_name="t", base_first=True)
+    assert search.suggest("base") == {ROLE_KEY: BASE_ROLE}
+    search.on_trial_result("base", {"fid1": 9.0, "step": 5, "total_steps": 20, "training_iteration": 1})
+    search.on_trial_complete("base", {"fid1": 9.0, "step": 20, "total_steps": 20})
+    searched = search.suggest("a")
+    assert ROLE_KEY not in searched and searched["model.size"] == "micro"
+    search.save(str(tmp_path / "searcher.pkl"))
+    restored = PrunedAwareOptunaSearch(space=define_by_run(spec), metric="fid1", mode="min",
+                                       sampler=optuna.samplers.TPESampler(seed=0), study_name="t", base_first=True)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert ROLE_KEY not in restored.suggest("b")   # `afsweep resume` does not run the base twice
+    assert len(search._ot_study.trials) == 1       # the base is no point of the study
+
+
+def test_a_grid_runs_no_base_trial():
+    from orchestrator.spec.load import SpecError
+
+    grid = {"name": "g", "search": {"algorithm": "grid", "space": {
+        "optim.lr": {"type": "choice", "values": [1e-3, 2e-3]}}}}
+    assert parse_spec(grid).search.include_base is False
+    try:
+        parse_spec({**grid, "search": {**grid["search"], "include_base": True}})
+    except SpecError as e:
+        assert "include_base" in str(e) and "add the base values to the space's choices" in str(e)
+    else:
+        raise AssertionError("a grid with include_base: true was accepted")

@@ -45,6 +45,7 @@ train: {{workers: 2, eval_every: 10, log_every: 5, eval_samples: 200}}
 search:
   num_trials: 2
   max_concurrent: 1       # the good trial reaches the rung first, the bad one is compared with it
+  include_base: false     # the two points are the whole sweep
   seed: 0
   points_to_evaluate:
     - {{optim.lr: 0.003}}
@@ -213,7 +214,9 @@ def test_resume_after_driver_sigkill(tmp_path, fashion_manifest):
     assert len(grid) == 2 and all(r.error is None for r in grid)  # Ray: every trial once, none failed
     study = optuna.load_study(study_name=sweep, storage=f"sqlite:///{run_dir / 'optuna.db'}")
     states = [t.state.name for t in study.trials]
-    # a trial started after the dead driver's last snapshot is marked FAIL (never a phantom RUNNING)
-    assert states.count("COMPLETE") == 2 and set(states) <= {"COMPLETE", "FAIL"}, states
+    # a trial started after the dead driver's last snapshot is marked FAIL (never a phantom RUNNING); the base
+    # trial (the first) ran once and is no point of the study
+    assert states.count("COMPLETE") == 1 and set(states) <= {"COMPLETE", "FAIL"}, states
+    assert sorted(r.data.tags["afsweep.role"] for r in runs) == ["base", "search"]
     parent = client.search_runs([runs[0].info.experiment_id], "tags.`afsweep.kind` = 'sweep'")[0]
     assert parent.info.status == "FINISHED"

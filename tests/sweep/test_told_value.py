@@ -5,6 +5,7 @@ sweep's own searcher and scheduler; the trials are toy function trainables that 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -15,7 +16,9 @@ from orchestrator.spec.objectives import new_best, told_key, update_best
 # each trial's fid1 at steps 10, 20, 30 (fid2 the same): the first is best at step 10 and then diverges
 CURVES = {0.001: [10.0, 100.0, 120.0], 0.002: [30.0, 50.0, 60.0],
           # the second improves at the step where ASHA stops it (30 -> 25 at step 20)
-          0.004: [10.0, 10.0, 10.0], 0.005: [30.0, 25.0, 20.0]}
+          0.004: [10.0, 10.0, 10.0], 0.005: [30.0, 25.0, 20.0],
+          # the base setting (search.include_base): worse than both at the rung, yet it must run to its end
+          "base": [40.0, 50.0, 45.0]}
 
 SPEC = {
     "name": "told",
@@ -24,6 +27,7 @@ SPEC = {
         "num_trials": 2, "max_concurrent": 1, "seed": 0,
         "space": {"optim.lr": {"type": "choice", "values": [0.001, 0.002]}},
         "points_to_evaluate": [{"optim.lr": 0.001}, {"optim.lr": 0.002}],
+        "include_base": False,
         # one rung, at step 20: the diverged first trial sits there with fid1 100 but fid1_best 10
         "early_stopping": {"scheduler": "asha", "grace_period": 20, "reduction_factor": 2},
     },
@@ -35,7 +39,7 @@ def toy_trial(config):
     from ray import tune
 
     best = new_best()
-    for i, fid in enumerate(CURVES[config["optim.lr"]], 1):
+    for i, fid in enumerate(CURVES[config.get("optim.lr", "base")], 1):
         scores = {"fid1": fid, "fid2": fid}
         update_best(best, scores, 10 * i)
         tune.report({**scores, "step": 10 * i, "total_steps": 30, "wall_s": float(i)})
@@ -73,7 +77,7 @@ def local_ray():
         ray.shutdown()
 
 
-def _run_sweep(spec, tmp_path):
+def _run_sweep(spec, tmp_path, trials: int = 2):
     """The sweep's own searcher and scheduler over the toy trials: (Tune's results, the Optuna study)."""
     from ray import tune
 
@@ -85,7 +89,7 @@ def _run_sweep(spec, tmp_path):
         toy_trial,
         tune_config=tune.TuneConfig(search_alg=make_searcher(spec, "told", storage),
                                     scheduler=make_scheduler(spec, max_total_steps(spec), grace_period(spec)),
-                                    num_samples=2, max_concurrent_trials=1),
+                                    num_samples=trials, max_concurrent_trials=1),
         run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name="told", verbose=0),
     )
     grid = tuner.fit()
@@ -118,3 +122,21 @@ def test_a_trial_stopped_right_after_it_improved_holds_that_value_in_optuna(tmp_
     stopped = next(t for t in study.trials if t.params["optim.lr"] == 0.005)
     assert stopped.state.name == "PRUNED"
     assert stopped.value == 25.0 and stopped.intermediate_values[stopped.last_step] == 25.0, stopped
+
+
+def test_the_base_trial_runs_first_to_its_end_and_stays_out_of_the_study(tmp_path, local_ray):
+    """search.include_base: the first trial is the base setting (no searched value, role key set); ASHA counts its
+    scores but never stops it, although it is the worst at the rung; Optuna's study holds only the searched two."""
+    from orchestrator.spec.trial_config import BASE_ROLE, ROLE_KEY
+
+    spec = parse_spec({**SPEC, "search": {**SPEC["search"], "num_trials": 3, "include_base": True}})
+    grid, study = _run_sweep(spec, tmp_path, trials=3)
+    by_lr = {r.config.get("optim.lr", "base"): r for r in grid}
+    assert set(by_lr) == {"base", 0.001, 0.002}
+    assert by_lr["base"].config[ROLE_KEY] == BASE_ROLE
+    assert by_lr["base"].metrics["step"] == 30 and by_lr["base"].metrics["fid1_best"] == 40.0
+    assert by_lr[0.002].metrics["step"] == 20   # a searched trial worse than the rung's cut is still stopped
+    assert sorted(t.params["optim.lr"] for t in study.trials) == [0.001, 0.002]
+    # Tune numbers trials in the order it created them: toy_trial_<id>_<number>_<searched values>_<date>
+    first = min(grid, key=lambda r: int(Path(r.path).name.split("_")[3]))
+    assert first.config.get(ROLE_KEY) == BASE_ROLE
