@@ -66,6 +66,8 @@ def print_outcome(outcome) -> None:
             else:
                 click.echo(f"registered: {p.uri}; @{p.alias} kept: {p.reason} (move it yourself: afsweep best "
                            f"--sweep {outcome.sweep_name} --metric {p.alias.split('-', 1)[1]} --register {p.alias})")
+    if outcome.confirmation is not None:
+        _print_confirmation(outcome.confirmation, outcome.sweep_name)
     if outcome.objectives:
         click.echo(f"Pareto front on {', '.join(outcome.objectives)}: {len(outcome.pareto)} trials "
                    f"(pareto.png on the parent run; afsweep best --sweep {outcome.sweep_name} --pareto)")
@@ -85,3 +87,23 @@ def print_outcome(outcome) -> None:
 def _with_se(trial) -> str:
     """`148.743 +- 2.104 (SE)`: a score with its evaluation's standard error, when it has one."""
     return f"{trial.value:.3f}" + (f" +- {trial.se:.3f} (SE)" if trial.se is not None else "")
+
+
+def _print_confirmation(c, sweep_name: str) -> None:
+    """The confirmation stage's table: each configuration's mean and 95% interval over the same fresh seeds, its
+    paired gain over the base setting, the winner and what happened to the alias."""
+    click.echo(f"confirmation: {len(c.seeds)} fresh seeds each (paired), picked checkpoints re-scored on fresh noise "
+               f"(N={c.eval_samples})" + (f"; {c.failed} run(s) failed" if c.failed else ""))
+    for conf in c.confirmed:
+        score = conf.interval.text(3) if conf.interval else f"{len(conf.scores)} seed(s) scored: no interval"
+        gain = f"; gain over base {conf.gain.text(3)}" if conf.gain is not None else ""
+        mark = " <- winner" if conf is c.winner else ""
+        click.echo(f"  {conf.name:<34} {score}{gain}{mark}")
+    if c.winner is None:
+        click.echo("afsweep: no configuration has two or more confirmed seeds: nothing confirmed, nothing registered")
+        return
+    p = c.promotion
+    if p.moved:
+        click.echo(f"confirmed winner: {c.winner.name}: registered {p.uri} (version {p.version}: {p.reason})")
+    else:
+        click.echo(f"confirmed winner: {c.winner.name}: registered {p.uri}; @{p.alias} kept: {p.reason}")

@@ -41,6 +41,9 @@ def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_nam
         raise _no_sweep(client, uri, exp, sweep)
     if pareto:
         return _best_pareto(client, uri, exp, sweep, objectives, alias, pick, model_name, as_json)
+    confirmed = _confirmed(client, exp, sweep, metric)
+    if confirmed is not None and not alias:
+        return _print_confirmed(confirmed, sweep, top, as_json)
     rows = tracking.best_trials(client, exp.experiment_id, metric, None if sweep == "all" else sweep, top=top)
     if not rows:
         raise tracking.TrackingError(f"MLflow at {uri}: no trial of sweep '{sweep}' has logged {metric}_best")
@@ -65,6 +68,37 @@ def best(metric, sweep, top, as_json, experiment, tracking_uri, alias, model_nam
             click.echo(f"   vs base {base.run_name}: {gain.line()}")
         click.echo(f"   model: {r.model_uri or '(not registered)'}")
 
+
+
+def _confirmed(client, exp, sweep: str, metric: str) -> dict | None:
+    """The sweep's confirmation (confirmation.json on its parent run) when it confirmed `metric`, else None."""
+    if sweep in (None, "all"):
+        return None
+    parent = tracking.find_sweep_run(client, exp.experiment_id, sweep)
+    summary = tracking.read_json_artifact(client, parent, tracking.CONFIRMATION_ARTIFACT) if parent else None
+    return summary if summary and summary.get("metric") == metric else None
+
+
+def _print_confirmed(summary: dict, sweep: str, top: int, as_json: bool) -> None:
+    """A confirmed sweep's configurations by their confirmed mean (the base setting last), with interval, n and
+    the paired gain over the base."""
+    configs = [c for c in summary["configurations"] if c["mean"] is not None]
+    ranked = [c for c in configs if c["of"] != "base"][:top]
+    base = [c for c in configs if c["of"] == "base"]
+    if as_json:
+        click.echo(json.dumps([{**c, "metric": f"{summary['metric']}_rescored", "winner": c["of"] ==
+                                summary["winner"], "sweep": sweep} for c in ranked + base], indent=2))
+        return
+    click.echo(f"sweep {sweep}: confirmed on {len(summary['seeds'])} fresh seeds each (paired), {summary['metric']} "
+               f"re-scored on fresh noise; mean +- 95% interval (n)")
+    for i, c in enumerate(ranked + base, 1):
+        win = "  <- winner" if c["of"] == summary["winner"] else ""
+        label = "base setting" if c["of"] == "base" else f"#{i} trial {c['name']}"
+        click.echo(f"{label}: {summary['metric']} = {c['mean']:.3f} +- {c['half']:.3f} (n={c['n']}){win}")
+        if c["gain"] is not None:
+            click.echo(f"   gain over the base setting: {c['gain']:.3f} +- {c['gain_half']:.3f} (paired by seed)")
+        for k, v in c["params"].items():
+            click.echo(f"   {k} = {v}")
 
 
 def _sweep_objectives(client, exp, sweep: str, given: str | None) -> dict[str, str]:
@@ -135,6 +169,10 @@ def status(sweep_name, experiment, tracking_uri, as_json, run_dir):
         return
     click.echo(f"sweep {sweep_name}: {rows['state']}, {len(rows['trials'])} trials "
                f"({', '.join(f'{v} {k}' for k, v in rows['counts'].items())})")
+    if rows["confirmation"]:
+        c = rows["confirmation"]
+        click.echo(f"stage: {rows['stage']}; confirmation runs: {c['completed']} of {c['total']} completed, "
+                   f"{c['started']} started")
     if rows["state"] == "INTERRUPTED":
         click.echo(f"its driver stopped without finishing it: afsweep resume {sweep_name} (same --run-dir and URLs)")
     click.echo(f"{'trial':<28} {'state':<10} {'step':>6} {'fid1':>9} {'fid1_best':>9} {'wall_s':>8} {'cpu_s':>8}")

@@ -85,6 +85,16 @@ class EarlyStoppingSpec(Strict):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+class ConfirmSpec(Strict):
+    """The confirmation stage: once the search ends, its `top` best configurations and the base setting are trained
+    again with `seeds` fresh seeds each (the same seeds for every configuration: paired), to their end, and each
+    one's picked checkpoint is scored again on fresh evaluation noise with `eval_samples` samples."""
+    top: int = Field(2, ge=1, description="the search's best configurations to confirm")
+    seeds: int = Field(3, ge=2, description="fresh training seeds per configuration (2 or more: an interval needs "
+                       "a spread)")
+    eval_samples: int | None = Field(None, ge=10, description="samples of the re-scoring; default train.eval_samples")
+
+
 class SearchSpec(Strict):
     # grid: every combination of the space's choices once (Optuna's GridSampler), no early stopping;
     # optuna-gp: Optuna's Gaussian-process sampler (best on a few continuous parameters, as the main space)
@@ -103,6 +113,8 @@ class SearchSpec(Strict):
     # the base setting (preset + base.overrides, no searched value) as the sweep's first trial, the reference the
     # best is measured against; it runs to its end (ASHA never stops it) and is not a point of Optuna's study
     include_base: bool = True
+    # after the search: its best configurations and the base setting trained again on fresh seeds (off when absent)
+    confirm: ConfirmSpec | None = None
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     # a multi-objective search: {fid1: min, fid2: min} or {fid1: min, wall_s: min}, in order (the first is the
     # primary one); `metric` still names the single best trial the sweep registers
@@ -120,6 +132,13 @@ class SearchSpec(Strict):
         if names and not set(names) & set(SCORES):
             raise ValueError(f"{names} has no image-quality score; add fid1 or fid2")
         return objectives
+
+    @model_validator(mode="after")
+    def _confirm_ranks_one_metric(self):
+        if self.confirm is not None and self.objectives:
+            raise FieldError("confirm", "ranks configurations on one metric (search.metric); a multi-objective "
+                             "search has a front, not a winner: leave confirm out")
+        return self
 
     @model_validator(mode="after")
     def _no_asha_when_multi_objective(self):

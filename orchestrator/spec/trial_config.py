@@ -20,7 +20,10 @@ from orchestrator.spec.strict import Strict
 # a trial's config key naming its role when it is not a search point: `base` (the spec's base setting, the
 # reference the best is measured against). Not a searched parameter: Optuna never sees it.
 ROLE_KEY = "afsweep_role"
-SEARCH_ROLE, BASE_ROLE = "search", "base"
+SEARCH_ROLE, BASE_ROLE, CONFIRM_ROLE = "search", "base", "confirm"
+# a confirmation trial's config key: {"of": the search trial id it confirms (or "base"), "name": that trial's name,
+# "params": its searched values, "seed": the fresh training seed}
+CONFIRM_KEY = "afsweep_confirm"
 
 # feature extractor of the sweep's fid1/fid2 per built-in data set (others: the Fashion-MNIST CNN)
 DOMAIN_EXTRACTOR = {"fashion-mnist": "fashion-mnist-cnn", "digits": "digits-cnn"}
@@ -50,7 +53,8 @@ class TrialConfig(Strict):
     train: TrainSpec
     sweep: SweepContext | None = None
     run_id: str | None = None          # the trial's child run, set once it exists
-    role: str = SEARCH_ROLE            # search, or base (the reference trial: no searched value)
+    role: str = SEARCH_ROLE            # search, base (the reference trial: no searched value), or confirm
+    rescore_samples: int | None = None # confirm: score the picked checkpoint again on fresh noise, with N samples
 
 
 def method_overrides(spec: SweepSpec, name: Any) -> dict[str, Any]:

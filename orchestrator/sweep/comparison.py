@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from scipy import stats
+
 
 @dataclass
 class Gain:
@@ -38,3 +40,42 @@ def gain_over_base(metric: str, best: float, best_se: float | None, base: float,
     value = (base - best) if mode == "min" else (best - base)
     se = math.hypot(best_se, base_se) if best_se is not None and base_se is not None else None
     return Gain(metric=metric, best=best, base=base, value=value, se=se)
+
+
+@dataclass
+class Interval:
+    """A mean over n independent draws with its two-sided 95% Student-t interval: mean +- half."""
+    mean: float
+    half: float
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half
+
+    def text(self, digits: int = 2) -> str:
+        return f"{self.mean:.{digits}f} +- {self.half:.{digits}f} (95%, n={self.n})"
+
+
+def mean_interval(values: list[float]) -> Interval:
+    """The mean of `values` and its 95% t interval (half-width t_{0.975, n-1} * s / sqrt(n)); n >= 2."""
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"an interval needs 2 or more values, got {n}")
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return Interval(mean=mean, half=float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n), n=n)
+
+
+def paired_gain(base: dict[int, float], other: dict[int, float], mode: str = "min") -> Interval | None:
+    """`other`'s gain over `base` paired by seed (positive: better), over the seeds both have: the same seed gives
+    both the same initial weights and data order, so the per-seed differences cancel what the seed does to both."""
+    seeds = sorted(set(base) & set(other))
+    if len(seeds) < 2:
+        return None
+    diffs = [(base[s] - other[s]) if mode == "min" else (other[s] - base[s]) for s in seeds]
+    return mean_interval(diffs)

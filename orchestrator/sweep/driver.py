@@ -29,6 +29,7 @@ from orchestrator.spec import SweepContext, SweepSpec, domain_extractor, method_
 from orchestrator.spec.objectives import format_objectives, search_objectives
 from orchestrator.spec.search_space import grid_of
 from orchestrator.sweep.bounds import grace_period, max_total_steps
+from orchestrator.sweep.confirm import confirm_stage
 from orchestrator.sweep.errors import SweepError, SweepInputError
 from orchestrator.sweep.finish import SweepOutcome, finish, reconcile_lost_trials, registered_model_name
 from orchestrator.sweep.ray_cluster import dashboard_line, shutdown_ray, start_ray
@@ -60,12 +61,28 @@ def launch(spec: SweepSpec, spec_text: str, run_dir: Path = DEFAULT_RUN_DIR, add
     echo_plan(spec, sweep, places, warm, dashboard_url, grace, base.total_steps, echo)
     tuner = make_tuner(spec, sweep, places, warm, grace)
     write_text(places.spec_copy(sweep_name), frozen_spec(spec))  # what `afsweep resume` rebuilds the sweep from
-    grid = _fit(tuner, client, sweep.parent_run_id)
+    grid = _fit(tuner, client, sweep.parent_run_id, end_run=spec.search.confirm is None)
     outcome = finish(client, spec, sweep_name, sweep.parent_run_id, places.tracking_uri, sweep.experiment_id, grid,
                      manifest, t0)
+    if spec.search.confirm is not None and outcome.completed:
+        outcome.confirmation = _confirm(client, spec, sweep, places, grid, echo)
     outcome.dashboard_url = dashboard_url
     shutdown_ray()
     return outcome
+
+
+def _confirm(client, spec: SweepSpec, sweep: SweepContext, places: SweepPlaces, grid, echo, resuming=False):
+    """The confirmation stage (sweep.confirm); the parent run ends with it (FAILED or KILLED if it does not end)."""
+    status = "FAILED"
+    try:
+        result = confirm_stage(client, spec, sweep, places, grid, echo, resuming)
+        status = "FINISHED"
+        return result
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(sweep.parent_run_id, status=status)
 
 
 def check_inputs(spec: SweepSpec, places: SweepPlaces, echo) -> tuple[str, Manifest, tracking.MlflowClient]:
@@ -221,8 +238,9 @@ def _reporter(spec: SweepSpec):
                        sort_by_metric=True, metric=tune_metric(spec), mode=spec.search.mode)
 
 
-def _fit(tuner, client, parent_run_id: str):
-    """Run Tune; the parent run ends FINISHED, or KILLED on Ctrl-C, or FAILED (trials keep what they logged)."""
+def _fit(tuner, client, parent_run_id: str, end_run: bool = True):
+    """Run Tune; the parent run ends FINISHED (unless a confirmation stage follows: `end_run` False), or KILLED on
+    Ctrl-C, or FAILED (trials keep what they logged)."""
     status = "FAILED"
     try:
         grid = tuner.fit()
@@ -232,7 +250,8 @@ def _fit(tuner, client, parent_run_id: str):
         status = "KILLED"
         raise
     finally:
-        client.set_terminated(parent_run_id, status=status)
+        if end_run or status != "FINISHED":
+            client.set_terminated(parent_run_id, status=status)
 
 
 def resume(sweep_name: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None = None, echo=print,
@@ -268,12 +287,15 @@ def resume(sweep_name: str, run_dir: Path = DEFAULT_RUN_DIR, address: str | None
     fs, sweep_path = storage_filesystem(places.sweep_dir(sweep_name))
     tuner = tune.Tuner.restore(sweep_path, trainable=tune.with_resources(run_trial, {"cpu": 1}),
                                resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
-    grid = _fit(tuner, client, parent_run_id)
+    grid = _fit(tuner, client, parent_run_id, end_run=spec.search.confirm is None)
     lost = reconcile_lost_trials(client, experiment_id, sweep_name, grid, places.optuna_url)
     if lost:
         echo(f"afsweep: {len(lost)} trial(s) started just before the driver died were not in its last snapshot; "
              f"their MLflow runs are marked lost and deleted, new trials took their place: {', '.join(lost)}")
     outcome = finish(client, spec, sweep_name, parent_run_id, uri, experiment_id, grid, manifest, t0)
+    if spec.search.confirm is not None and outcome.completed:
+        sweep = SweepContext.model_validate(next(iter(grid)).config[SETTINGS_KEY]["sweep"])
+        outcome.confirmation = _confirm(client, spec, sweep, places, grid, echo, resuming=True)
     outcome.dashboard_url = dashboard_url
     shutdown_ray()
     return outcome

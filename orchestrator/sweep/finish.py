@@ -30,6 +30,7 @@ class SweepOutcome:
     best: tracking.BestTrial | None = None
     base: tracking.BestTrial | None = None      # the base setting's trial (search.include_base)
     gain: Gain | None = None                     # the best's gain over it
+    confirmation: object | None = None           # sweep.confirm.ConfirmOutcome, with search.confirm
     untrained_fid1: float | None = None
     registered: dict[str, str] = field(default_factory=dict)
     promotions: list[tracking.Promotion] = field(default_factory=list)
@@ -75,6 +76,11 @@ def finish(client, spec: SweepSpec, sweep_name: str, parent_run_id: str, trackin
             continue
         best = top[0]
         summary[f"best_{metric}"] = best.value
+        if metric == spec.search.metric and spec.search.confirm is not None:
+            # the confirmation stage registers its winner and decides the alias; a single draw moves nothing
+            best.model_uri = tracking.registered_uri_for_run(client, best.run_id, metric)
+            outcome.best = best
+            continue
         promotion = tracking.promote_best(client, tracking_uri, best.run_id, model_name, metric,
                                           policy=spec.tracking.move_aliases, mode=spec.search.mode)
         outcome.promotions.append(promotion)
@@ -126,7 +132,7 @@ def _sum_trial_metric(client, experiment_id: str, sweep: str, names: tuple[str, 
     return {n: sum(r.data.metrics.get(n, 0.0) for r in runs) for n in names}
 
 
-def _grid_trial_ids(grid) -> set[str]:
+def grid_trial_ids(grid) -> set[str]:
     ids = set()
     for r in grid:
         tid = (r.metrics or {}).get("trial_id")
@@ -142,7 +148,7 @@ def reconcile_lost_trials(client, experiment_id: str, sweep_name: str, grid, opt
     """After a resume: a trial the dead driver started after its last snapshot is unknown to the restored sweep,
     which ran a new trial instead. Its MLflow run is tagged lost and soft-deleted (no duplicate child run), and its
     Optuna trial, left RUNNING, is marked FAIL so the study holds no phantom."""
-    known = _grid_trial_ids(grid)
+    known = grid_trial_ids(grid)
     lost = []
     for trial_id, run_id in _trial_runs(client, experiment_id, sweep_name).items():
         if trial_id not in known:

@@ -10,7 +10,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.spec import SweepSpec
+from alphaflow.config import flatten
+from orchestrator.spec import PRESET_KEY, SweepSpec, method_config
 from orchestrator.spec.objectives import search_objectives, told_key
 from orchestrator.spec.search_space import Fixed, grid_of
 from orchestrator.spec.trial_config import BASE_ROLE, ROLE_KEY
@@ -80,15 +81,16 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     Whether it was handed out is part of the pickled state `afsweep resume` restores, so it runs once.
     """
 
-    def __init__(self, *args, base_first: bool = False, **kwargs):
+    def __init__(self, *args, base_first: bool = False, base_values: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._base_pending = base_first
+        self._base_values = dict(base_values or {})   # shown in Tune's table only; the trial ignores them
         self._base_trial: str | None = None
 
     def suggest(self, trial_id: str):
         if self._base_pending:
             self._base_pending, self._base_trial = False, trial_id
-            return {ROLE_KEY: BASE_ROLE}
+            return {**self._base_values, ROLE_KEY: BASE_ROLE}
         return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict):
@@ -172,6 +174,14 @@ def searcher_objective(spec: SweepSpec) -> tuple[str | list[str], str | list[str
     return [told_key(m) for m in objectives], list(objectives.values())
 
 
+def base_values(spec: SweepSpec) -> dict[str, Any]:
+    """What the base setting has for each searched key ("-" where it has none, e.g. a searched `method`): the
+    base trial's columns in Tune's progress table, which looks every searched key up in every trial's config."""
+    dotted = flatten(method_config(spec, {}))
+    dotted[PRESET_KEY] = spec.base.preset
+    return {key: dotted.get(key, "-") for key in spec.search.space}
+
+
 def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None, warm=None):
     """Optuna through OptunaSearch: TPE (multi-objective TPE when the spec names several objectives), its GP sampler
     for `algorithm: optuna-gp`, its random sampler for `algorithm: random` (same space rules), or its grid sampler
@@ -190,6 +200,7 @@ def make_searcher(spec: SweepSpec, study_name: str, storage_url: str | None, war
         storage=optuna.storages.RDBStorage(storage_url) if storage_url else None,
         points_to_evaluate=(points or None) if warm is None else None,
         base_first=s.include_base,
+        base_values=base_values(spec),
     )
     if warm is not None:
         # the study exists once OptunaSearch has a space: the history first (trials 0..n-1, as it happened), then

@@ -132,3 +132,57 @@ def registered_model_of(client: MlflowClient, run_id: str) -> str:
     if params.get("registered_model"):
         return params["registered_model"]
     return default_model_name(params.get("dataset", "model"))
+
+
+CONFIRMED_TAGS = ("afsweep.confirmed_mean", "afsweep.confirmed_low", "afsweep.confirmed_high", "afsweep.confirmed_n")
+
+
+def confirmed_range(client: MlflowClient, model_name: str, version: str) -> tuple[float, float, float] | None:
+    """(mean, low, high) of a version's confirmed score, from its tags; None for a version never confirmed."""
+    tags = client.get_model_version(model_name, version).tags or {}
+    if not all(t in tags for t in CONFIRMED_TAGS[:3]):
+        return None
+    return tuple(float(tags[t]) for t in CONFIRMED_TAGS[:3])
+
+
+def promote_confirmed(client: MlflowClient, tracking_uri: str, run_id: str, model_name: str, metric: str,
+                      mean: float, half: float, n: int, description: str, extra_tags: dict[str, str],
+                      mode: str = "min") -> Promotion:
+    """Register a confirmed winner (its mean, 95% interval and n in the version's tags, the summary as its
+    description) and move `best-<metric>` to it only when it beats the holder beyond both intervals: its interval
+    lies wholly on the better side of the holder's (a holder never confirmed counts as its single score, no
+    interval). Otherwise the version is registered and the alias stays, with the reason."""
+    alias = f"best-{metric}"
+    version = str(register_version(client, tracking_uri, run_id, model_name))
+    low, high = mean - half, mean + half
+    for key, value in zip(CONFIRMED_TAGS, (mean, low, high, n)):
+        client.set_model_version_tag(model_name, version, key, f"{value:.6g}")
+    for key, value in extra_tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    client.update_model_version(model_name, version, description=description)
+    try:
+        holder = client.get_model_version_by_alias(model_name, alias)
+    except Exception:  # no such alias yet (MLflow raises RESOURCE_DOES_NOT_EXIST)
+        holder = None
+    this = f"{metric} {mean:.3f} [{low:.3f}, {high:.3f}] (n={n})"
+    if holder is None:
+        moved, reason = True, "first holder"
+    elif str(holder.version) == version:
+        moved, reason = True, "already the holder"
+    else:
+        held = confirmed_range(client, model_name, holder.version)
+        if held is None:
+            value = score_of(client, holder.run_id, metric)[0] if holder.run_id else None
+            held = None if value is None else (value, value, value)
+            what = f"version {holder.version}'s single score {value}" if value is not None else \
+                f"version {holder.version} (no score)"
+        else:
+            what = f"version {holder.version}'s confirmed {held[0]:.3f} [{held[1]:.3f}, {held[2]:.3f}]"
+        better = held is None or (high < held[1] if mode == "min" else low > held[2])
+        moved = better
+        reason = (f"{this} beats {what} beyond both intervals" if better else
+                  f"{this} does not beat {what} beyond both intervals")
+    if moved:
+        client.set_registered_model_alias(model_name, alias, version)
+    uri = f"models:/{model_name}@{alias}" if moved else f"models:/{model_name}/{version}"
+    return Promotion(alias=alias, version=version, moved=moved, reason=reason, uri=uri)

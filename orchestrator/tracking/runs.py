@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,10 @@ SWEEP_TAG = "afsweep.sweep"
 TRIAL_TAG = "afsweep.trial_id"
 STATUS_TAG = "afsweep.status"
 ROLE_TAG = "afsweep.role"   # search, or base: the spec's base setting, the reference the best is measured against
+CONFIRMS_TAG = "afsweep.confirms"   # a confirmation run: the search trial id it confirms, or `base`
+SEED_TAG = "afsweep.seed"           # ... and its training seed
+STAGE_TAG = "afsweep.stage"         # the parent run: search, confirm, done
+CONFIRMATION_ARTIFACT = "confirmation.json"   # the parent run: the confirmation stage's summary
 
 
 def flat_params(params: dict[str, Any]) -> dict[str, str]:
@@ -64,10 +70,11 @@ def sweep_trial_runs(client: MlflowClient, experiment_id: str, sweep: str | None
     return client.search_runs([experiment_id], filt, order_by=order_by, max_results=10_000)
 
 
-def find_trial_run(client: MlflowClient, experiment_id: str, sweep_name: str, trial_id: str) -> str | None:
+def find_trial_run(client: MlflowClient, experiment_id: str, sweep_name: str, trial_id: str,
+                   kind: str = "trial") -> str | None:
     runs = client.search_runs(
         [experiment_id],
-        f"tags.`{KIND_TAG}` = 'trial' and tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        f"tags.`{KIND_TAG}` = '{kind}' and tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
@@ -75,17 +82,19 @@ def find_trial_run(client: MlflowClient, experiment_id: str, sweep_name: str, tr
 
 def get_or_create_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, sweep_name: str,
                             trial_id: str, trial_name: str, params: dict[str, Any],
-                            tags: dict[str, str] | None = None, dataset: dict[str, Any] | None = None) -> str:
+                            tags: dict[str, str] | None = None, dataset: dict[str, Any] | None = None,
+                            kind: str = "trial") -> str:
     """The trial's child run; a trial restarted (resume, retry) finds and reuses its own run. A new run gets the
-    sweep's provenance tags and the data set as its dataset input."""
-    existing = find_trial_run(client, experiment_id, sweep_name, trial_id)
+    sweep's provenance tags and the data set as its dataset input. kind: `trial` (the search), or `confirm` (the
+    confirmation stage's runs, which no search query sees)."""
+    existing = find_trial_run(client, experiment_id, sweep_name, trial_id, kind)
     if existing:
         client.update_run(existing, status="RUNNING")
         return existing
     run = client.create_run(
         experiment_id,
         run_name=trial_name,
-        tags={**(tags or {}), "mlflow.parentRunId": parent_run_id, KIND_TAG: "trial", SWEEP_TAG: sweep_name,
+        tags={**(tags or {}), "mlflow.parentRunId": parent_run_id, KIND_TAG: kind, SWEEP_TAG: sweep_name,
               TRIAL_TAG: trial_id},
     )
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in flat_params(params).items()])
@@ -236,11 +245,30 @@ def sweep_status(client: MlflowClient, experiment_id: str, sweep: str | None) ->
                        "step": m.get("fid1_best_step") if "step" not in m else m["step"],
                        "fid1": m.get("fid1"), "fid1_best": m.get("fid1_best"), "fid2_best": m.get("fid2_best"),
                        "wall_s": m.get("wall_s"), "cpu_s": m.get("cpu_s"), "gpu_s": m.get("gpu_s")})
-    scored = [t for t in trials if t["fid1_best"] is not None]
+    scored = [t for t in trials if t["fid1_best"] is not None and t["role"] == "search"] or \
+        [t for t in trials if t["fid1_best"] is not None]
     best = min(scored, key=lambda t: t["fid1_best"]) if scored else None
-    return {"sweep": sweep, "state": sweep_state(client.get_run(parent)), "trials": trials, "counts": counts,
+    parent_run = client.get_run(parent)
+    confirm = None
+    if "confirm_trials" in parent_run.data.metrics:   # the confirmation stage started
+        runs = client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'confirm' and tags.`{SWEEP_TAG}` = "
+                                  f"'{sweep}'", max_results=10_000)
+        confirm = {"total": int(parent_run.data.metrics["confirm_trials"]),
+                   "completed": sum(r.data.tags.get(STATUS_TAG) == "completed" for r in runs),
+                   "started": len(runs)}
+    return {"sweep": sweep, "state": sweep_state(parent_run), "trials": trials, "counts": counts,
+            "stage": parent_run.data.tags.get(STAGE_TAG, "search"), "confirmation": confirm,
             "best": best, "total_wall_s": sum(t["wall_s"] or 0 for t in trials),
             "total_cpu_s": sum(t["cpu_s"] or 0 for t in trials),
             "total_gpu_s": sum(t["gpu_s"] or 0 for t in trials)}
 
 
+def read_json_artifact(client: MlflowClient, run_id: str, name: str):
+    """A small JSON artifact at the top of the run's artifacts, or None if it has none."""
+    if name not in [a.path for a in client.list_artifacts(run_id)]:
+        return None
+    # MLflow draws a download progress bar on stderr for each file: noise under a read command's one answer
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(client.download_artifacts(run_id, name, tmp)) as f:
+            return json.load(f)

@@ -17,6 +17,9 @@ from orchestrator.platform.places import storage_filesystem
 from orchestrator.platform.ray_adapter import trainer_class
 from orchestrator.spec import SweepSpec
 from orchestrator.spec.trial_config import (
+    BASE_ROLE,
+    CONFIRM_KEY,
+    CONFIRM_ROLE,
     ROLE_KEY,
     SEARCH_ROLE,
     SweepContext,
@@ -30,7 +33,12 @@ DIVERGED_TAG = "afsweep.error"  # where the worker records the non-finite loss l
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The searched parameters of a trial, flat keys (Tune may have nested a dotted key on '/')."""
+    """The searched parameters of a trial, flat keys (Tune may have nested a dotted key on '/'); a confirmation
+    trial's are those of the configuration it confirms, with its fresh seed."""
+    if CONFIRM_KEY in config:
+        return {**config[CONFIRM_KEY]["params"], "seed": config[CONFIRM_KEY]["seed"]}
+    if config.get(ROLE_KEY) == BASE_ROLE:   # its config shows the base values (Tune's table), nothing searched
+        return {}
     return dotted_keys({k: v for k, v in config.items() if k not in (SETTINGS_KEY, ROLE_KEY)}, sep="/")
 
 
@@ -40,8 +48,12 @@ def trial_dirname(trial) -> str:
     config, which are the same for every trial)."""
     searched = ",".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in trial_params(trial.config).items())
-    role = trial.config.get(ROLE_KEY)
-    name = f"trial_{trial.trial_id}" + (f"_{searched}" if searched else "") + (f"_{role}" if role else "")
+    if trial.config.get(ROLE_KEY) == BASE_ROLE:
+        return f"trial_{trial.trial_id}_base"
+    if CONFIRM_KEY in trial.config:
+        c = trial.config[CONFIRM_KEY]
+        return f"trial_{trial.trial_id}_confirm-{c['of']}-seed{c['seed']}"
+    name = f"trial_{trial.trial_id}" + (f"_{searched}" if searched else "")
     return "".join(ch if ch.isalnum() or ch in "._=,-" else "-" for ch in name)[:150]
 
 
@@ -52,8 +64,16 @@ def run_trial(config: dict[str, Any]) -> None:
     params = trial_params(config)
     spec = SweepSpec.model_validate(settings["spec"])
     sweep = SweepContext.model_validate(settings["sweep"])
-    role = config.get(ROLE_KEY, SEARCH_ROLE)
-    trial = build_trial_config(spec, params, sweep, trial_number=trial_number(trial_id), role=role)
+    confirm = config.get(CONFIRM_KEY)
+    role = CONFIRM_ROLE if confirm else config.get(ROLE_KEY, SEARCH_ROLE)
+    # a confirmation trial's seed is its own (in params): no per-trial offset
+    trial = build_trial_config(spec, params, sweep, trial_number=None if confirm else trial_number(trial_id),
+                               role=role)
+    tags = {**sweep.run_tags, tracking.ROLE_TAG: role}
+    if confirm:
+        trial.rescore_samples = spec.search.confirm.eval_samples or spec.train.eval_samples
+        tags.update({tracking.CONFIRMS_TAG: confirm["of"], tracking.SEED_TAG: str(confirm["seed"])})
+        trial_name = f"confirm-{confirm['name']}-seed{confirm['seed']}"
 
     client = tracking.MlflowClient(tracking_uri=sweep.tracking_uri)
     trial.run_id = tracking.through_outages(
@@ -62,7 +82,7 @@ def run_trial(config: dict[str, Any]) -> None:
         params={**flatten(trial.method), "preset": trial.preset, "swept": ",".join(sorted(params)),
                 **({"method": trial.method_name} if trial.method_name is not None else {}),
                 tracking.EXTRACTOR_PARAM: sweep.extractor, tracking.EVAL_N_PARAM: trial.train.eval_samples},
-        tags={**sweep.run_tags, tracking.ROLE_TAG: role}, dataset=sweep.dataset, uri=sweep.tracking_uri)
+        tags=tags, dataset=sweep.dataset, kind=run_kind(config), uri=sweep.tracking_uri)
     diverged = tracking.through_outages("reading the trial's run", client.get_run, trial.run_id,
                                         uri=sweep.tracking_uri).data.tags.get(DIVERGED_TAG, "")
     if diverged.startswith("non-finite loss"):  # a restart (Tune's, or resume) of a trial that diverged
@@ -95,6 +115,12 @@ def run_trial(config: dict[str, Any]) -> None:
         raise TrialDivergedError(diverged)
 
 
+def run_kind(config: dict[str, Any]) -> str:
+    """The MLflow run kind of a trial: `confirm` for the confirmation stage (no search query sees those), else
+    `trial`."""
+    return "confirm" if CONFIRM_KEY in config else "trial"
+
+
 class TrialDivergedError(RuntimeError):
     """The trial's loss went non-finite: the message is the worker's one line."""
 
@@ -114,7 +140,8 @@ class MlflowTrialCloser(tune.Callback):
     def _close(self, trial, status: str, reason: str | None = None, step: int | None = None) -> None:
         def close() -> None:
             client = tracking.MlflowClient(tracking_uri=self.tracking_uri)
-            run_id = tracking.find_trial_run(client, self.experiment_id, self.sweep_name, trial.trial_id)
+            run_id = tracking.find_trial_run(client, self.experiment_id, self.sweep_name, trial.trial_id,
+                                             run_kind(trial.config))
             if run_id:
                 tracking.close_trial_run(client, run_id, status, reason, step)
 
@@ -125,7 +152,9 @@ class MlflowTrialCloser(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        stopped_early = last.get("step") is not None and last.get("step", 0) < last.get("total_steps", 0)
+        # no scheduler stops a confirmation trial; its last result may predate a resume that finished it
+        stopped_early = (run_kind(trial.config) == "trial" and last.get("step") is not None
+                         and last.get("step", 0) < last.get("total_steps", 0))
         self._close(trial, "pruned" if stopped_early else "completed", step=last.get("step"))
 
     def on_trial_error(self, iteration, trials, trial, **info):

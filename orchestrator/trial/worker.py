@@ -31,10 +31,12 @@ from alphaflow.train_state import NonFiniteLossError, TrainState
 from orchestrator.platform.ray_adapter import quiet_train_report_lines
 from orchestrator.spec.objectives import new_best, update_best
 from orchestrator.spec.trial_config import TrialConfig
-from orchestrator.tracking import through_outages
+from orchestrator.tracking import CHECKPOINT_ARTIFACT, through_outages
 
 _logger = logging.getLogger("afsweep.worker")
 CHECKPOINT_FILE = "model.pt"
+# the evaluation noise of a confirmation run's re-scoring: not the seed (1234) of every evaluation during training
+RESCORE_SEED = 987_654_321
 # running totals of what the trial has cost, over every attempt; logged at every log step, so a restart loses at
 # most one log interval of them
 COST_KEYS = ("wall_s", "cpu_s", "gpu_s")
@@ -101,6 +103,15 @@ class RunLogger:
         if self._system is not None:
             self._system.finish()
             self._system = None
+
+    def final(self, values: dict[str, float], step: int) -> None:
+        """Metrics logged once at the end, whatever an earlier attempt logged (a restart logs the same values)."""
+        batch = [Metric(k, float(v), int(time.time() * 1000), step) for k, v in values.items() if math.isfinite(v)]
+        self._call(f"logging the final scores at step {step}", self.client.log_batch, self.run_id, metrics=batch)
+
+    def download(self, artifact: str) -> str:
+        folder = tempfile.mkdtemp(prefix="afsweep-artifact-")
+        return self._call(f"downloading {artifact}", self.client.download_artifacts, self.run_id, artifact, folder)
 
     def tag(self, key: str, value: str) -> None:
         self._call(f"setting {key}", self.client.set_tag, self.run_id, key, value)
@@ -198,6 +209,22 @@ class Evaluator:
         if improved:
             self.log.artifact(path, "checkpoint")
         return ckpt_dir
+
+    def rescore(self, n: int) -> dict[str, float]:
+        """The picked checkpoint (the one of the best fid1, kept in MLflow) scored again on fresh noise and labels
+        (RESCORE_SEED, N samples): its training-time score chose it, so that score is optimistic; one on noise the
+        choice never saw is not. Logged as fid1_rescored, fid2_rescored and their standard errors."""
+        self.train_state.load_checkpoint(self.log.download(CHECKPOINT_ARTIFACT))
+        m = evaluate_generator(
+            sample_fn=lambda z, y, nfe: self.train_state.sample(z, y, nfe=nfe, ema=True), decode_fn=self.decode,
+            image_shape=tuple(self.manifest.image_shape), num_classes=self.manifest.num_classes,
+            extractor=self.extractor, reference=self.reference, n=n, seed=RESCORE_SEED,
+            two_nfe_name=self.trial.method.sampling.two_nfe).metrics
+        scores = {"fid1_rescored": m["fid1"], "fid1_rescored_se": m["fid1_se"], "fid2_rescored": m["fid2"],
+                  "fid2_rescored_se": m["fid2_se"]}
+        scores["rescored_step"] = float(self.best["fid1_step"])
+        self.log.final(scores, self.trial.method.total_steps)
+        return scores
 
     def evaluate(self, step: int, cost: dict[str, float], means: dict[str, float], position) -> tuple[dict, str]:
         m, result = self.scores()
@@ -314,6 +341,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 report(step, score=False)
             if step % train.log_every == 0:
                 means.reset()
+        if evaluator is not None and trial.rescore_samples:   # a confirmation run: its unbiased score
+            evaluator.rescore(trial.rescore_samples)
     finally:
         if log:
             log.stop_system_metrics()

@@ -39,7 +39,8 @@ def toy_trial(config):
     from ray import tune
 
     best = new_best()
-    for i, fid in enumerate(CURVES[config.get("optim.lr", "base")], 1):
+    curve = "base" if config.get("afsweep_role") == "base" else config["optim.lr"]   # base: the spec's value shown
+    for i, fid in enumerate(CURVES[curve], 1):
         scores = {"fid1": fid, "fid2": fid}
         update_best(best, scores, 10 * i)
         tune.report({**scores, "step": 10 * i, "total_steps": 30, "wall_s": float(i)})
@@ -131,9 +132,9 @@ def test_the_base_trial_runs_first_to_its_end_and_stays_out_of_the_study(tmp_pat
 
     spec = parse_spec({**SPEC, "search": {**SPEC["search"], "num_trials": 3, "include_base": True}})
     grid, study = _run_sweep(spec, tmp_path, trials=3)
-    by_lr = {r.config.get("optim.lr", "base"): r for r in grid}
+    by_lr = {"base" if r.config.get(ROLE_KEY) == BASE_ROLE else r.config["optim.lr"]: r for r in grid}
     assert set(by_lr) == {"base", 0.001, 0.002}
-    assert by_lr["base"].config[ROLE_KEY] == BASE_ROLE
+    assert by_lr["base"].config["optim.lr"] == 0.001   # the base value, shown in Tune's table
     assert by_lr["base"].metrics["step"] == 30 and by_lr["base"].metrics["fid1_best"] == 40.0
     assert by_lr[0.002].metrics["step"] == 20   # a searched trial worse than the rung's cut is still stopped
     assert sorted(t.params["optim.lr"] for t in study.trials) == [0.001, 0.002]

@@ -91,3 +91,49 @@ def test_failed_lost_and_untrained_trials_are_never_best(store):
     assert [r.run_id for r in tracking.best_trials(client, exp, "fid1", "s6", top=10)] == [running, ok]
     assert [r.run_id for r in tracking.best_trials(client, exp, "fid1", "s6", top=10, finished_only=True)] == [ok]
     assert failed and untrained  # both present in MLflow, neither listed
+
+
+CONFIRMED_MODEL = "afsweep-confirmed-test"
+
+
+def _confirmed(store, run_id: str, mean: float, half: float, n: int = 3) -> tracking.Promotion:
+    client, uri, _, _ = store
+    return tracking.promote_confirmed(client, uri, run_id, CONFIRMED_MODEL, "fid1", mean, half, n,
+                                      f"confirmed {mean} +- {half}", {"afsweep.gain_over_base": "4"})
+
+
+def test_a_confirmed_winner_takes_the_alias_only_beyond_both_intervals(store):
+    """The alias rule of the confirmation stage: a new winner moves `best-fid1` only when its 95% interval lies
+    wholly below the holder's; the version is registered either way, carrying its numbers (tags, description)."""
+    client = store[0]
+    first = _trial(store, "c1", 150.0)
+    p = _confirmed(store, first, 150.0, 5.0)
+    assert p.moved and p.reason == "first holder"
+    mv = client.get_model_version(CONFIRMED_MODEL, p.version)
+    assert (mv.tags["afsweep.confirmed_mean"], mv.tags["afsweep.confirmed_low"], mv.tags["afsweep.confirmed_high"],
+            mv.tags["afsweep.confirmed_n"], mv.tags["afsweep.gain_over_base"]) == ("150", "145", "155", "3", "4")
+    assert mv.description == "confirmed 150.0 +- 5.0"
+
+    overlapping = _trial(store, "c2", 140.0)   # a lower mean, but [138, 148] reaches into [145, 155]
+    p = _confirmed(store, overlapping, 143.0, 5.0)
+    assert not p.moved and "does not beat version" in p.reason and "beyond both intervals" in p.reason
+    assert client.get_model_version_by_alias(CONFIRMED_MODEL, "best-fid1").run_id == first
+    assert client.get_model_version(CONFIRMED_MODEL, p.version).run_id == overlapping   # registered all the same
+
+    clear = _trial(store, "c3", 130.0)         # [126, 134] lies wholly below [145, 155]
+    p = _confirmed(store, clear, 130.0, 4.0)
+    assert p.moved and "beats version" in p.reason
+    assert client.get_model_version_by_alias(CONFIRMED_MODEL, "best-fid1").run_id == clear
+
+
+def test_a_confirmed_winner_against_a_holder_never_confirmed(store):
+    """A holder from a sweep without confirmation has one draw and no interval: its score is a point."""
+    client, uri, _, _ = store
+    single = _trial(store, "u1", 120.0)
+    tracking.promote_best(client, uri, single, CONFIRMED_MODEL + "-u", "fid1")
+    above = _trial(store, "u2", 110.0)
+    p = tracking.promote_confirmed(client, uri, above, CONFIRMED_MODEL + "-u", "fid1", 115.0, 6.0, 3, "d", {})
+    assert not p.moved and "single score 120" in p.reason      # 115 + 6 = 121 is not below 120
+    below = _trial(store, "u3", 100.0)
+    p = tracking.promote_confirmed(client, uri, below, CONFIRMED_MODEL + "-u", "fid1", 105.0, 6.0, 3, "d", {})
+    assert p.moved
