@@ -28,7 +28,8 @@ def preview(spec_path: Path, sets: tuple[str, ...], png_path: Path | None, no_ti
     click.echo(f"{'trial':>5}  " + "  ".join(f"{k:>14}" for k in keys) + f"  {'steps':>7}")
     for i, (t, c) in enumerate(zip(plan.trials, plan.configs)):
         cells = "  ".join(f"{_cell(t.get(k)):>14}" for k in keys)
-        click.echo(f"{i:>5}  {cells}  {c.total_steps:>7}")
+        base = "  (the base setting)" if plan.base and i == 0 else ""
+        click.echo(f"{i:>5}  {cells}  {c.total_steps:>7}{base}")
     if plan.rungs:
         click.echo(f"ASHA rungs at steps {', '.join(map(str, plan.rungs))} (grace period {plan.grace}: "
                    f"no trial is judged before its alpha transition ends)")

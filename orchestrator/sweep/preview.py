@@ -30,7 +30,7 @@ from orchestrator.spec import SweepSpec
 from orchestrator.spec.objectives import search_objectives
 from orchestrator.spec.trial_config import domain_extractor, method_config
 from orchestrator.sweep.bounds import grace_period, max_total_steps
-from orchestrator.sweep.search import define_by_run, make_sampler
+from orchestrator.sweep.search import base_values, define_by_run, make_sampler
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Plan:
     configs: list[Any]                # the TrainConfig of each
     rungs: list[int]                  # ASHA milestones in steps (empty without ASHA)
     grace: int
+    base: bool = False                # trial 0 is the base setting (search.include_base): its values, unsearched
     step_s: float | None = None       # measured seconds per optimizer step of one worker
     eval_s: float | None = None       # estimated seconds per evaluation
 
@@ -53,7 +54,10 @@ def plan_trials(spec: SweepSpec, n: int | None = None) -> Plan:
         study.enqueue_trial(point)
     define = define_by_run(spec)
     trials, configs = [], []
-    for number in range(n):
+    if spec.search.include_base:   # the sweep's first trial; Optuna's suggestions start at trial 1
+        trials.append(base_values(spec))
+        configs.append(method_config(spec, {}, trial_number=0))
+    for number in range(len(trials), n):
         t = study.ask()
         constants = define(t)
         params = {**t.params, **constants}
@@ -63,7 +67,7 @@ def plan_trials(spec: SweepSpec, n: int | None = None) -> Plan:
     grace = grace_period(spec, echo=lambda *_: None)
     rungs = asha_rungs(grace, max_total_steps(spec), spec.search.early_stopping.reduction_factor) \
         if spec.search.early_stopping.scheduler == "asha" else []
-    return Plan(trials=trials, configs=configs, rungs=rungs, grace=grace)
+    return Plan(trials=trials, configs=configs, rungs=rungs, grace=grace, base=spec.search.include_base)
 
 
 def asha_rungs(grace: int, max_t: int, rf: float) -> list[int]:

@@ -142,8 +142,9 @@ def test_seed_is_searchable_with_tpe_too(tmp_path):
     spec, _ = _load(tmp_path, "name: s\nbase: {overrides: {total_steps: 20}}\nsearch:\n  num_trials: 4\n"
                               "  space: {seed: {type: choice, values: [11, 12]}}\n")
     plan = plan_trials(spec)
-    assert [c.seed for c in plan.configs] == [t["seed"] for t in plan.trials]
-    assert {c.seed for c in plan.configs} <= {11, 12}
+    searched = plan.configs[1:], plan.trials[1:]   # trial 0 is the base setting, its seed the preset's
+    assert [c.seed for c in searched[0]] == [t["seed"] for t in searched[1]]
+    assert {c.seed for c in searched[0]} <= {11, 12}
 
 
 def test_a_lost_trials_combination_runs_after_resume(tmp_path):

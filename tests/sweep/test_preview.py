@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.spec import load_spec
+from orchestrator.spec import load_spec, method_config
 from orchestrator.sweep.preview import asha_rungs, plan_trials
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +27,8 @@ def test_plan_respects_space_and_conditions():
     spec = load_spec(REPO / "sweeps" / "delta_t.yaml")
     plan = plan_trials(spec)
     assert len(plan.trials) == spec.search.num_trials
-    for params, cfg in zip(plan.trials, plan.configs):
+    assert plan.base and plan.configs[0] == method_config(spec, {}, trial_number=0)   # trial 0: the base setting
+    for params, cfg in zip(plan.trials[1:], plan.configs[1:]):
         assert ("loss.beta_k" in params) == params["loss.beta"]  # conditional parameter
         assert cfg.loss.beta == params["loss.beta"] and -0.8 <= cfg.time.mu <= 0.0
     assert plan.rungs and plan.rungs[0] >= plan.configs[0].alpha.k_e * plan.configs[0].total_steps
@@ -38,7 +39,7 @@ def test_preview_cli_prints_plan_cost_and_writes_png(tmp_path):
     png = tmp_path / "plan.png"
     res = CliRunner().invoke(main, ["preview", str(REPO / "sweeps" / "curriculum.yaml"), "--png", str(png)])
     assert res.exit_code == 0, res.output
-    assert "4 trials x 2 workers" in res.output
+    assert "4 trials x 2 workers" in res.output and "(the base setting)" in res.output
     assert "ASHA rungs at steps 600" in res.output
     assert "cost estimate: ~" in res.output and "(4000 trial-steps at" in res.output
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
