@@ -143,7 +143,12 @@ class MlflowTrialCloser(tune.Callback):
             run_id = tracking.find_trial_run(client, self.experiment_id, self.sweep_name, trial.trial_id,
                                              run_kind(trial.config))
             if run_id:
-                tracking.close_trial_run(client, run_id, status, reason, step)
+                final = status
+                if status == "pruned" and ran_to_its_end(client.get_run(run_id)):
+                    final, step_ = "completed", None   # Tune's last result predates a restore that finished it
+                else:
+                    step_ = step
+                tracking.close_trial_run(client, run_id, final, reason, step_)
 
         try:  # a tracking server that is down for a while: wait for it, else the run would stay RUNNING
             tracking.through_outages(f"closing trial {trial.trial_id}", close, uri=self.tracking_uri)
@@ -166,6 +171,13 @@ class MlflowTrialCloser(tune.Callback):
             except OSError:
                 pass
         self._close(trial, "failed", reason)
+
+
+def ran_to_its_end(run) -> bool:
+    """The run logged its last step: a trial restored at its final checkpoint reports nothing new to Tune, whose
+    last result for it is then older than the end it reached."""
+    logged, total = run.data.metrics.get("step"), run.data.params.get("total_steps")
+    return logged is not None and total is not None and logged >= float(total)
 
 
 def _last_error_line(text: str) -> str:
