@@ -56,6 +56,7 @@ def test_a_multi_objective_searcher_tells_optuna_every_objective():
     from orchestrator.sweep.search import make_searcher
 
     spec = parse_spec({"name": "m", "search": {"objectives": {"fid1": "min", "fid2": "min"},
+                                               "include_base": False,   # the first suggestion a search point
                                                "space": {"optim.lr": {"type": "loguniform", "low": 1e-4,
                                                                       "high": 1e-2}}}})
     searcher = make_searcher(spec, "m", None).searcher

@@ -61,7 +61,8 @@ def _spec(**search):
 
 def test_a_warm_started_search_runs_the_earlier_best_first_with_its_history(store, tmp_path):
     root, client, uri = store
-    spec = _spec(warm_start="latest", warm_start_top=2)
+    # no base trial: the first suggestions are the earlier sweep's best (with one, they come right after it)
+    spec = _spec(warm_start="latest", warm_start_top=2, include_base=False)
     warm = read_warm_start(client, spec, uri)
     assert warm.sweep == "old-1"
     # t1, t2, t3 (pruned), t6; t4 outside the space and the failed t5 left out
