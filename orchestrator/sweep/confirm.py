@@ -148,8 +148,7 @@ def summarize(client, spec: SweepSpec, experiment_id: str, sweep_name: str, chos
     """Each candidate's confirmation from its MLflow runs (completed ones with a re-scored score), best mean
     first; the base setting last whatever its mean."""
     key = score_key(spec)
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.KIND_TAG}` = 'confirm' and "
-                              f"tags.`{tracking.SWEEP_TAG}` = '{sweep_name}'", max_results=10_000)
+    runs = tracking.sweep_trial_runs(client, experiment_id, sweep_name, kind="confirm")
     by_of = {c.of: Confirmed(of=c.of, name=c.name, params=c.params, search_run_id=c.run_id) for c in chosen}
     for r in runs:
         c = by_of.get(r.data.tags.get(tracking.CONFIRMS_TAG, ""))
@@ -262,8 +261,7 @@ def drop_lost_runs(client, sweep: SweepContext, results) -> None:
     """A confirmation trial the dead driver started after its last snapshot is unknown to the restored stage, which
     ran a new trial for its (configuration, seed): its MLflow run is tagged lost and soft-deleted (no duplicate)."""
     known = grid_trial_ids(results)
-    runs = client.search_runs([sweep.experiment_id], f"tags.`{tracking.KIND_TAG}` = 'confirm' and "
-                              f"tags.`{tracking.SWEEP_TAG}` = '{sweep.sweep_name}'", max_results=10_000)
+    runs = tracking.sweep_trial_runs(client, sweep.experiment_id, sweep.sweep_name, kind="confirm")
     for r in runs:
         if r.data.tags.get(tracking.TRIAL_TAG) not in known:
             client.set_tag(r.info.run_id, tracking.STATUS_TAG, "lost")

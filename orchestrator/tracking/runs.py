@@ -64,9 +64,10 @@ def find_sweep_run(client: MlflowClient, experiment_id: str, sweep_name: str) ->
 
 
 def sweep_trial_runs(client: MlflowClient, experiment_id: str, sweep: str | None,
-                     order_by: list[str] | None = None):
-    """Every child run of one sweep, or (sweep None) of every sweep of the experiment; deleted runs excluded."""
-    filt = f"tags.`{KIND_TAG}` = 'trial'" + (f" and tags.`{SWEEP_TAG}` = '{sweep}'" if sweep else "")
+                     order_by: list[str] | None = None, kind: str = "trial"):
+    """Every child run of one sweep, or (sweep None) of every sweep of the experiment; deleted runs excluded.
+    kind: `trial` (the search), or `confirm` (the confirmation stage's runs)."""
+    filt = f"tags.`{KIND_TAG}` = '{kind}'" + (f" and tags.`{SWEEP_TAG}` = '{sweep}'" if sweep else "")
     return client.search_runs([experiment_id], filt, order_by=order_by, max_results=10_000)
 
 
@@ -251,8 +252,7 @@ def sweep_status(client: MlflowClient, experiment_id: str, sweep: str | None) ->
     parent_run = client.get_run(parent)
     confirm = None
     if "confirm_trials" in parent_run.data.metrics:   # the confirmation stage started
-        runs = client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'confirm' and tags.`{SWEEP_TAG}` = "
-                                  f"'{sweep}'", max_results=10_000)
+        runs = sweep_trial_runs(client, experiment_id, sweep, kind="confirm")
         confirm = {"total": int(parent_run.data.metrics["confirm_trials"]),
                    "completed": sum(r.data.tags.get(STATUS_TAG) == "completed" for r in runs),
                    "started": len(runs)}

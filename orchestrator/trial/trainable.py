@@ -157,9 +157,8 @@ class MlflowTrialCloser(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        # no scheduler stops a confirmation trial; its last result may predate a resume that finished it
-        stopped_early = (run_kind(trial.config) == "trial" and last.get("step") is not None
-                         and last.get("step", 0) < last.get("total_steps", 0))
+        # a last result that predates a restore which finished the trial is corrected in _close (ran_to_its_end)
+        stopped_early = last.get("step") is not None and last.get("step", 0) < last.get("total_steps", 0)
         self._close(trial, "pruned" if stopped_early else "completed", step=last.get("step"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
